@@ -1,0 +1,12 @@
+"""Model families (one file each) and the registry."""
+from .base import BACKBONES, TransformerConfig, VideoModel
+from .registry import UnknownModelError, create_model, get_spec, list_models, model_config, register
+from .timesformer import TimeSformer, TimeSformerConfig, build_timesformer
+from .vit import FramewiseViT, FramewiseViTConfig
+from .vivit import ViViT, ViViTConfig
+
+__all__ = [
+    "BACKBONES", "FramewiseViT", "FramewiseViTConfig", "TimeSformer", "TimeSformerConfig", "TransformerConfig",
+    "UnknownModelError", "ViViT", "ViViTConfig", "VideoModel", "build_timesformer", "create_model", "get_spec",
+    "list_models", "model_config", "register",
+]

@@ -1,0 +1,125 @@
+"""What every videoformer model shares: the classifier head, the model API, initialisation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..layers import Block, Grid, JointPosEmbed, SeparablePosEmbed
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """ViT initialisation: truncated normal linear weights, zero biases, unit LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class VideoModel(nn.Module):
+    """The one model API: ``forward(x) -> logits``, ``forward_features``, ``forward_head(pre_logits=)``,
+    ``reset_classifier``, ``set_grad_checkpointing``, ``no_weight_decay``.
+
+    Subclasses set ``num_features`` and implement ``forward_features`` and ``pool``.
+    """
+
+    num_features: int
+    grad_checkpointing: bool = False
+
+    def _init_head(self, num_classes: int, head_drop: float) -> None:
+        self.head_drop = nn.Dropout(head_drop)
+        self.reset_classifier(num_classes)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier by a fresh one with ``num_classes`` outputs (0: no classifier)."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them."""
+        self.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the positional embeddings and prefix tokens, which the optimiser should not decay."""
+        names = set()
+        for mod_name, module in self.named_modules():
+            if isinstance(module, (JointPosEmbed, SeparablePosEmbed)):
+                names |= {f"{mod_name}.{p}" for p, _ in module.named_parameters()}
+        names |= {n for n, _ in self.named_parameters() if n.split(".")[-1] in ("cls_token", "temporal_cls_token")}
+        return names
+
+    def run_blocks(self, blocks: Sequence[Block], x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        for block in blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, grid, use_reentrant=False)
+            else:
+                x = block(x, grid)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Features from ``forward_features`` -> one ``(B, num_features)`` clip representation."""
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(self.pool(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T, H, W)`` clip -> ``(B, num_classes)`` logits."""
+        return self.forward_head(self.forward_features(x))
+
+
+BACKBONES: dict[str, dict[str, int]] = {
+    "tiny": dict(dim=64, depth=2, num_heads=4),  # for tests and the demo
+    "ti": dict(dim=192, depth=12, num_heads=3),
+    "s": dict(dim=384, depth=12, num_heads=6),
+    "b": dict(dim=768, depth=12, num_heads=12),  # ViViT §4.1
+    "l": dict(dim=1024, depth=24, num_heads=16),
+    "h": dict(dim=1280, depth=32, num_heads=16),
+}
+
+
+@dataclass
+class TransformerConfig:
+    """Fields every ViT-based video model shares. Clip size: ``num_frames × img_size²``."""
+
+    num_classes: int = 400
+    num_frames: int = 8
+    img_size: int = 224
+    in_chans: int = 3
+    patch_size: int = 16
+    dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0  # dropout after MLP / projections
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0  # stochastic depth of the last layer (ViViT Eq. 10)
+    head_drop_rate: float = 0.0
+    act: str = "gelu"
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim={self.dim} is not divisible by num_heads={self.num_heads}")
+
+    @property
+    def patches(self) -> int:
+        """Patches along one side of a frame."""
+        return self.img_size // self.patch_size

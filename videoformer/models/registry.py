@@ -1,0 +1,107 @@
+"""Named model configurations: ``create_model(name, **overrides)`` and ``list_models()``."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from .base import BACKBONES, TransformerConfig
+from .timesformer import TimeSformerConfig, build_timesformer
+from .vit import FramewiseViT, FramewiseViTConfig
+from .vivit import ViViT, ViViTConfig
+
+
+class UnknownModelError(ValueError):
+    """A model name that is not registered; the message lists close matches."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: its config class, the values that differ from the defaults, and its builder."""
+
+    name: str
+    config_cls: type[TransformerConfig]
+    builder: Callable[[Any], nn.Module]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    paper: str = ""
+
+    def config(self, **overrides: Any) -> TransformerConfig:
+        valid = {f.name for f in dataclasses.fields(self.config_cls)}
+        bad = sorted(set(overrides) - valid)
+        if bad:
+            raise ValueError(f"{self.name}: unknown config field(s) {bad}; valid fields: {sorted(valid)}")
+        return self.config_cls(**{**self.defaults, **overrides})
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(name: str, config_cls: type[TransformerConfig], builder: Callable[[Any], nn.Module],
+             paper: str = "", **defaults: Any) -> None:
+    """Add a named configuration to the registry (later families register themselves the same way)."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = ModelSpec(name, config_cls, builder, defaults, paper)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style ``pattern``, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f"; did you mean: {', '.join(close)}" if close else f"; registered: {', '.join(list_models())}"
+        raise UnknownModelError(f"unknown model {name!r}{hint}")
+    return _REGISTRY[name]
+
+
+def model_config(name: str, num_classes: int | None = None, num_frames: int | None = None,
+                 img_size: int | None = None, **overrides: Any) -> TransformerConfig:
+    """The config ``create_model`` would build, with the given overrides."""
+    common = dict(num_classes=num_classes, num_frames=num_frames, img_size=img_size)
+    overrides.update({k: v for k, v in common.items() if v is not None})
+    return get_spec(name).config(**overrides)
+
+
+def create_model(name: str, num_classes: int | None = None, num_frames: int | None = None,
+                 img_size: int | None = None, **overrides: Any) -> nn.Module:
+    """Build a registered model, e.g. ``create_model("timesformer_b16_divided", num_classes=174)``.
+
+    ``overrides`` are fields of the family's config dataclass (``drop_path_rate``, ``temporal_depth`` ...).
+    """
+    spec = get_spec(name)
+    return spec.builder(model_config(name, num_classes, num_frames, img_size, **overrides))
+
+
+TINY = dict(BACKBONES["tiny"], patch_size=8, img_size=32, num_frames=4, num_classes=10)
+
+# Frame-wise ViT (MSCA paper baseline).
+register("vit_b16_framewise", FramewiseViTConfig, FramewiseViT, "MSCA", **BACKBONES["b"])
+register("vit_l16_framewise", FramewiseViTConfig, FramewiseViT, "MSCA", **BACKBONES["l"])
+register("vit_tiny_framewise", FramewiseViTConfig, FramewiseViT, "MSCA", **TINY)
+
+# ViViT (§3.3, Table 2): ViViT-<backbone>/<patch>x<tubelet t>.
+_VIVIT = {"joint": dict(model=1), "fe": dict(model=2), "fsa": dict(model=3), "fdp": dict(model=4)}
+for _kind, _extra in _VIVIT.items():
+    register(f"vivit_b16x2_{_kind}", ViViTConfig, ViViT, "ViViT", **BACKBONES["b"], **_extra)
+    register(f"vivit_tiny_{_kind}", ViViTConfig, ViViT, "ViViT", **TINY, **_extra)
+register("vivit_b16x2_fe_avgpool", ViViTConfig, ViViT, "ViViT", **BACKBONES["b"], model=2, temporal_depth=0)
+register("vivit_l16x2_joint", ViViTConfig, ViViT, "ViViT", **BACKBONES["l"], model=1)
+register("vivit_l16x2_fe", ViViTConfig, ViViT, "ViViT", **BACKBONES["l"], model=2)
+register("vivit_h14x2_joint", ViViTConfig, ViViT, "ViViT", **BACKBONES["h"], model=1, patch_size=14)
+register("vivit_h14x2_fe", ViViTConfig, ViViT, "ViViT", **BACKBONES["h"], model=2, patch_size=14)
+
+# TimeSformer (Table 1): the five attention schemes.
+for _scheme in ("space", "joint", "divided", "local_global", "axial"):
+    register(f"timesformer_b16_{_scheme}", TimeSformerConfig, build_timesformer, "TimeSformer",
+             **BACKBONES["b"], scheme=_scheme)
+    register(f"timesformer_tiny_{_scheme}", TimeSformerConfig, build_timesformer, "TimeSformer",
+             **TINY, scheme=_scheme)
+register("timesformer_l16_divided", TimeSformerConfig, build_timesformer, "TimeSformer",
+         **BACKBONES["l"], scheme="divided", num_frames=96)

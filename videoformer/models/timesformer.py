@@ -1,0 +1,99 @@
+"""TimeSformer (Bertasius et al., 2021): the five space-time attention schemes over frame patches.
+
+``space``: attention within each frame (the frame-wise ViT, :class:`~videoformer.models.vit.FramewiseViT`).
+``joint``: one MSA over all ``T·N`` patches and the CLS token.
+``divided`` (T+S): temporal MSA over the ``T`` patches at one location (CLS excluded, followed by the extra
+    ``temporal_fc`` projection), then spatial MSA within each frame with the CLS token replicated per frame
+    and its outputs averaged -- exactly the official / Hugging Face block.
+``local_global`` (L+G): local MSA within windows of ``T × H/2 × W/2`` patches (with the extra projection),
+    then sparse global MSA over the patches at a stride of 2 along t, h and w.
+``axial`` (T+W+H): time, then width, then height attention, the first two with the extra projection.
+Every scheme uses a separable space + time positional embedding, as the official code does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..layers import AxisAttention, Block, Grid, Grouping, SeparablePosEmbed, TubeletEmbed, drop_path_rates
+from .base import TransformerConfig, VideoModel, init_weights
+from .vit import FramewiseViT, FramewiseViTConfig
+
+SCHEMES = ("space", "joint", "divided", "local_global", "axial")
+
+
+@dataclass
+class TimeSformerConfig(TransformerConfig):
+    """TimeSformer-B/16 on 8 frames of 224² by default (Table 1 of the paper)."""
+
+    scheme: str = "divided"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"unknown TimeSformer scheme {self.scheme!r}; choose from {SCHEMES}")
+
+
+def sublayer_plan(scheme: str, n: int) -> list[tuple[Grouping, str, bool]]:
+    """``(grouping, prefix mode, extra projection)`` of each attention sublayer of one block."""
+    if scheme == "joint":
+        return [(Grouping(("t", "h", "w")), "replicate", False)]
+    if scheme == "divided":
+        return [(Grouping(("t",)), "exclude", True), (Grouping(("h", "w")), "replicate", False)]
+    if scheme == "local_global":
+        if n % 2:
+            raise ValueError(f"local-global attention needs an even number of patches per side, got {n}")
+        local = Grouping(("t", "h", "w"), window={"h": n // 2, "w": n // 2})
+        sparse = Grouping(("t", "h", "w"), dilation={"t": 2, "h": 2, "w": 2})
+        return [(local, "exclude", True), (sparse, "replicate", False)]
+    if scheme == "axial":
+        return [(Grouping(("t",)), "exclude", True), (Grouping(("w",)), "exclude", True),
+                (Grouping(("h",)), "replicate", False)]
+    raise ValueError(f"scheme {scheme!r} has no block plan")
+
+
+class TimeSformer(VideoModel):
+    """TimeSformer with the ``joint``, ``divided``, ``local_global`` or ``axial`` scheme."""
+
+    def __init__(self, cfg: TimeSformerConfig) -> None:
+        super().__init__()
+        if cfg.scheme == "space":
+            raise ValueError("the space-only scheme is FramewiseViT; build it with build_timesformer()")
+        self.cfg, self.num_features, d = cfg, cfg.dim, cfg.dim
+        self.patch_embed = TubeletEmbed(cfg.in_chans, d, (1, cfg.patch_size, cfg.patch_size))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = SeparablePosEmbed(d, Grid(t=cfg.num_frames, h=cfg.patches, w=cfg.patches, prefix=1))
+        plan = sublayer_plan(cfg.scheme, cfg.patches)
+        self.blocks = nn.ModuleList(
+            Block(
+                d,
+                [AxisAttention(d, cfg.num_heads, [g], prefix, cfg.qkv_bias, cfg.attn_drop_rate, cfg.drop_rate,
+                               extra_proj=extra) for g, prefix, extra in plan],
+                cfg.mlp_ratio, rate, cfg.drop_rate, cfg.act, cfg.norm_eps,
+            )
+            for rate in drop_path_rates(cfg.drop_path_rate, cfg.depth)
+        )
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
+        init_weights(self)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self._init_head(cfg.num_classes, cfg.head_drop_rate)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T, H, W)`` -> normalised tokens ``(B, 1 + T*N, D)``."""
+        x, grid = self.patch_embed(x)
+        grid = grid.replace(prefix=1)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.norm(self.run_blocks(self.blocks, self.pos_embed(x, grid), grid))
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]
+
+
+def build_timesformer(cfg: TimeSformerConfig) -> VideoModel:
+    """TimeSformer of any scheme; ``space`` is the frame-wise ViT (no time embedding)."""
+    if cfg.scheme == "space":
+        fields = {k: v for k, v in vars(cfg).items() if k != "scheme"}
+        return FramewiseViT(FramewiseViTConfig(**fields))
+    return TimeSformer(cfg)

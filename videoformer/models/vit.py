@@ -1,0 +1,58 @@
+"""Frame-wise ViT: an image ViT applied to every frame, frame logits averaged over time.
+
+The baseline of the MSCA paper, and TimeSformer's "space-only" attention (Hugging Face computes the
+per-frame logits; their mean over time is this model's output).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ..layers import AxisAttention, Block, Grid, Grouping, JointPosEmbed, TubeletEmbed, drop_path_rates
+from .base import TransformerConfig, VideoModel, init_weights
+
+
+@dataclass
+class FramewiseViTConfig(TransformerConfig):
+    """ViT-B/16 on each frame by default."""
+
+
+class FramewiseViT(VideoModel):
+    """ViT on ``B*T`` frames: ``z = [cls, E x_1 .. E x_N] + p`` (ViViT Eq. 1), L blocks, CLS -> head, mean over T."""
+
+    def __init__(self, cfg: FramewiseViTConfig) -> None:
+        super().__init__()
+        self.cfg, self.num_features, d = cfg, cfg.dim, cfg.dim
+        self.patch_embed = TubeletEmbed(cfg.in_chans, d, (1, cfg.patch_size, cfg.patch_size))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = JointPosEmbed(d, Grid(t=1, h=cfg.patches, w=cfg.patches, prefix=1))
+        self.blocks = nn.ModuleList(
+            Block(
+                d,
+                [AxisAttention(d, cfg.num_heads, [Grouping(("t", "h", "w"))], "replicate", cfg.qkv_bias,
+                               cfg.attn_drop_rate, cfg.drop_rate)],
+                cfg.mlp_ratio, dp, cfg.drop_rate, cfg.act, cfg.norm_eps,
+            )
+            for dp in drop_path_rates(cfg.drop_path_rate, cfg.depth)
+        )
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
+        init_weights(self)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self._init_head(cfg.num_classes, cfg.head_drop_rate)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T, H, W)`` -> normalised tokens ``(B, T, 1 + N, D)`` of every frame."""
+        x, grid = self.patch_embed(x)
+        B, T = x.shape[0], grid.t
+        x = rearrange(x, "b (t n) d -> (b t) n d", t=T)
+        grid = grid.replace(t=1, prefix=1)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.run_blocks(self.blocks, self.pos_embed(x, grid), grid)
+        return rearrange(self.norm(x), "(b t) n d -> b t n d", b=B)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean over frames of each frame's CLS token (= mean of frame logits, the head being linear)."""
+        return x[:, :, 0].mean(dim=1)
