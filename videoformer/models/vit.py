@@ -17,7 +17,9 @@ from .base import TransformerConfig, VideoModel, init_weights
 
 @dataclass
 class FramewiseViTConfig(TransformerConfig):
-    """ViT-B/16 on each frame by default."""
+    """ViT-B/16 on each frame by default; ``class_token=False`` pools patch tokens by their mean."""
+
+    class_token: bool = True
 
 
 class FramewiseViT(VideoModel):
@@ -27,8 +29,9 @@ class FramewiseViT(VideoModel):
         super().__init__()
         self.cfg, self.num_features, d = cfg, cfg.dim, cfg.dim
         self.patch_embed = TubeletEmbed(cfg.in_chans, d, (1, cfg.patch_size, cfg.patch_size))
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.pos_embed = JointPosEmbed(d, Grid(t=1, h=cfg.patches, w=cfg.patches, prefix=1))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.class_token else None
+        self.num_prefix = int(cfg.class_token)
+        self.pos_embed = JointPosEmbed(d, Grid(t=1, h=cfg.patches, w=cfg.patches, prefix=self.num_prefix))
         self.blocks = nn.ModuleList(
             Block(
                 d,
@@ -40,19 +43,23 @@ class FramewiseViT(VideoModel):
         )
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         init_weights(self)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
         self._init_head(cfg.num_classes, cfg.head_drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, T, H, W)`` -> normalised tokens ``(B, T, 1 + N, D)`` of every frame."""
+        """``(B, C, T, H, W)`` -> normalised tokens ``(B, T, P + N, D)`` of every frame."""
         x, grid = self.patch_embed(x)
         B, T = x.shape[0], grid.t
         x = rearrange(x, "b (t n) d -> (b t) n d", t=T)
-        grid = grid.replace(t=1, prefix=1)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        grid = grid.replace(t=1, prefix=self.num_prefix)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.run_blocks(self.blocks, self.pos_embed(x, grid), grid)
         return rearrange(self.norm(x), "(b t) n d -> b t n d", b=B)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean over frames of each frame's CLS token (= mean of frame logits, the head being linear)."""
-        return x[:, :, 0].mean(dim=1)
+        """Mean over frames of each frame's CLS token or mean patch token (= mean of the frame logits, the
+        head being linear)."""
+        frames = x[:, :, 0] if self.cls_token is not None else x.mean(dim=2)
+        return frames.mean(dim=1)
