@@ -1,0 +1,89 @@
+"""What every weight converter shares: safe file reading and strict key / shape checking.
+
+``read_state_dict(path)`` reads ``.safetensors`` or a torch pickle with ``weights_only=True`` (never arbitrary
+objects). ``check_state_dict(state_dict, expected, source)`` raises :class:`CheckpointMismatchError` listing
+every missing, unexpected and wrongly shaped key at once. ``load_checked(model, state_dict, source)`` checks
+against the model's own state dict, then loads strictly.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+StateDict = dict[str, torch.Tensor]
+Shape = Sequence[int]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or whose architecture is not supported; the message names the file."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """State-dict keys or shapes that do not fit the target; lists all of them."""
+
+    def __init__(
+        self,
+        source: str,
+        missing: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+        misshaped: Mapping[str, tuple[Shape, Shape]] | None = None,
+    ) -> None:
+        self.source, self.missing, self.unexpected = source, sorted(missing), sorted(unexpected)
+        self.misshaped = dict(sorted((misshaped or {}).items()))
+        lines = [f"checkpoint {source} does not match the model:"]
+        if self.missing:
+            lines.append(f"  missing keys ({len(self.missing)}): {', '.join(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected keys ({len(self.unexpected)}): {', '.join(self.unexpected)}")
+        for key, (want, got) in self.misshaped.items():
+            lines.append(f"  {key}: expected shape {tuple(want)}, got {tuple(got)}")
+        super().__init__("\n".join(lines))
+
+
+def read_state_dict(path: str | Path) -> StateDict:
+    """Tensors of a ``.safetensors`` file, or of a torch pickle (``.bin`` / ``.pt`` / ``.pth``) loaded with
+    ``weights_only=True``; a top-level mapping of names to tensors is required."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a mapping of names to tensors")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: entries {bad[:5]} are not tensors (a training checkpoint? "
+                              "pass its state dict)")
+    return dict(state)
+
+
+def check_state_dict(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, Shape], source: str) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``state_dict`` has exactly the keys and shapes of
+    ``expected``."""
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = {
+        k: (tuple(expected[k]), tuple(v.shape))
+        for k, v in state_dict.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k])
+    }
+    if missing or unexpected or misshaped:
+        raise CheckpointMismatchError(source, missing, unexpected, misshaped)
+
+
+def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+    """Check ``state_dict`` against ``model``'s own keys and shapes, then load it strictly."""
+    check_state_dict(state_dict, {k: v.shape for k, v in model.state_dict().items()}, source)
+    model.load_state_dict(state_dict, strict=True)
+    return model
