@@ -10,3 +10,6 @@ __all__ = [
     "UnknownModelError", "ViViT", "ViViTConfig", "VideoModel", "build_timesformer", "create_model", "get_spec",
     "list_models", "model_config", "register",
 ]
+from .msca import MSCA, CrossFrameAttention, MSCAConfig, TokenShift, TokenShiftBlock, TokenShiftConfig  # noqa: E402
+
+__all__ += ["CrossFrameAttention", "MSCA", "MSCAConfig", "TokenShift", "TokenShiftBlock", "TokenShiftConfig"]

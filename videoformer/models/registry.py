@@ -105,3 +105,13 @@ for _scheme in ("space", "joint", "divided", "local_global", "axial"):
              **TINY, scheme=_scheme)
 register("timesformer_l16_divided", TimeSformerConfig, build_timesformer, "TimeSformer",
          **BACKBONES["l"], scheme="divided", num_frames=96)
+
+# MSCA / TokenShift (Hashiguchi & Tamaki 2022): frame-wise ViT with temporal cross-attention or CLS shift.
+from .msca import MSCA, MSCAConfig, TokenShift, TokenShiftConfig  # noqa: E402
+
+register("msca_b16", MSCAConfig, MSCA, "MSCA", **BACKBONES["b"], variant="KV", heads_back=1, heads_fwd=1)
+register("msca_b16_patch", MSCAConfig, MSCA, "MSCA", **BACKBONES["b"], variant="pKV", tokens_back=8, tokens_fwd=8)
+register("tokenshift_b16", TokenShiftConfig, TokenShift, "MSCA", **BACKBONES["b"])
+register("msca_tiny", MSCAConfig, MSCA, "MSCA", **TINY, variant="KV", heads_back=1, heads_fwd=1)
+register("msca_tiny_patch", MSCAConfig, MSCA, "MSCA", **TINY, variant="pKV", tokens_back=2, tokens_fwd=2)
+register("tokenshift_tiny", TokenShiftConfig, TokenShift, "MSCA", **TINY)

@@ -1,0 +1,81 @@
+"""Frame-shift operators: a slice of heads / tokens / channels of frame t is taken from frame t-1 or t+1.
+
+The frame-wise models (TSM, TokenShift, MSCA) fold the ``T`` frames of a clip into the batch, ``(B*T, ...)``,
+so the number of frames travels explicitly with the tokens in a :class:`FrameGrid`. Along one axis of a
+``(B*T, ...)`` tensor, :func:`shift_frames` replaces the first ``back`` entries of frame ``t`` by those of frame
+``t-1`` and the next ``fwd`` entries by those of frame ``t+1`` (MSCA Eq. 8, 17-18, 21); the rest is left as is.
+
+Boundary frames (``boundary``):
+    ``"zero"`` (default, as TSM and the official TokenShift / MSCA code): frame 0 receives zeros in place of
+    frame -1, frame T-1 receives zeros in place of frame T. A shifted key of zeros gives uniform attention
+    weights, a shifted value of zeros a zero head output.
+    ``"circular"``: frame 0 takes frame T-1 and frame T-1 takes frame 0 (time is a ring).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from einops import rearrange
+
+from .grid import Grid
+
+Boundary = Literal["zero", "circular"]
+BOUNDARIES: tuple[str, ...] = ("zero", "circular")
+
+
+@dataclass(frozen=True)
+class FrameGrid(Grid):
+    """The grid of one frame (``t = 1``) of a clip whose ``frames`` frames are folded into the batch: tokens
+    ``(B * frames, prefix + h*w, D)`` with the frames of a clip consecutive, ``(b t)``."""
+
+    frames: int = 1
+
+
+def check_boundary(boundary: str) -> None:
+    """Raise ``ValueError`` unless ``boundary`` is one of :data:`BOUNDARIES`."""
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"unknown shift boundary {boundary!r}; choose from {', '.join(BOUNDARIES)}")
+
+
+def _previous(x: torch.Tensor, boundary: Boundary) -> torch.Tensor:
+    """``(B, T, ...)`` -> frame ``t`` holds frame ``t-1``."""
+    if boundary == "circular":
+        return x.roll(1, dims=1)
+    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+
+
+def _next(x: torch.Tensor, boundary: Boundary) -> torch.Tensor:
+    """``(B, T, ...)`` -> frame ``t`` holds frame ``t+1``."""
+    if boundary == "circular":
+        return x.roll(-1, dims=1)
+    return torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1)
+
+
+def shift_frames(x: torch.Tensor, frames: int, dim: int, back: int, fwd: int,
+                 boundary: Boundary = "zero") -> torch.Tensor:
+    """Temporal shift of a slice along axis ``dim`` of ``x`` (``(B*frames, ...)``, frames consecutive).
+
+    Entries ``[0, back)`` of frame ``t`` come from frame ``t-1``, entries ``[back, back+fwd)`` from frame
+    ``t+1``, the rest from frame ``t`` (MSCA Eq. 8 for CLS channels, Eq. 17-18 for heads, Eq. 21 for tokens).
+    ``dim`` counts the axes of ``x`` (``dim >= 1``; axis 0 is the folded batch).
+    """
+    dim = dim % x.ndim
+    if dim == 0:
+        raise ValueError("cannot shift along the folded (batch * frames) axis 0")
+    size = x.shape[dim]
+    if back < 0 or fwd < 0 or back + fwd > size:
+        raise ValueError(f"shift amounts back={back} + fwd={fwd} must be >= 0 and fit in the {size} entries of "
+                         f"axis {dim} (shape {tuple(x.shape)})")
+    check_boundary(boundary)
+    if frames < 1 or x.shape[0] % frames:
+        raise ValueError(f"leading axis {x.shape[0]} of {tuple(x.shape)} is not a multiple of frames={frames}")
+    if not back and not fwd:
+        return x
+    if frames < 2:
+        raise ValueError(f"a temporal shift needs at least 2 frames, got T={frames} (back={back}, fwd={fwd})")
+    clips = rearrange(x, "(b t) ... -> b t ...", t=frames)
+    prev, nxt, rest = clips.split([back, fwd, size - back - fwd], dim=dim + 1)
+    out = torch.cat([_previous(prev, boundary), _next(nxt, boundary), rest], dim=dim + 1)
+    return rearrange(out, "b t ... -> (b t) ...")
