@@ -1,0 +1,282 @@
+"""Compressed-domain representation: I-frames, motion vectors and residuals (MM-ViT §3.1, CoViAR).
+
+Videos are first re-encoded as MPEG-4 Part 2 with GOP 12 and no B-frames (MM-ViT §4.1: "an I-frame is
+followed by 11 P-frames"), then FFmpeg's decoder exports each P-frame's motion vectors
+(``flags2=+export_mvs``). Vectors are rasterised per block, rounded to integer pels, and - with
+``accumulate=True`` - chained back to the GOP's I-frame as CoViAR does, so that for every sampled frame
+
+    decoded[y, x] == iframe[y - dy, x - dx] + residual[y, x]        (exactly, RGB, int)
+
+with ``(dx, dy) = position - source position`` and sources clipped to the frame. The residual is
+*defined* by that identity (decoded RGB minus the motion-compensated I-frame). With
+``accumulate=False`` the reference is the previous decoded frame instead of the I-frame.
+Normalisation (CoViAR clipping / scaling) belongs to ``transforms``, not here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Sequence
+
+import av
+import numpy as np
+
+from videoformer.data.errors import VideoReadError
+from videoformer.data.sampling import uniform_indices
+from videoformer.data.video import _decode_from, open_video, probe
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CompressedClip", "reencode_mpeg4", "extract_compressed", "rasterize_motion_vectors"]
+
+_CELL = 4  # every codec FFmpeg exports MVs for uses blocks on a 4-pel grid
+
+
+@dataclass
+class CompressedClip:
+    """T sampled frames of one video in the compressed domain (numpy, channels first).
+
+    iframe: uint8 (T, 3, H, W) RGB I-frame of each sampled frame's GOP.
+    mv: int16 (T, 2, H, W) ``(dx, dy)`` = position - source position, in pixels.
+    residual: int16 (T, 3, H, W) RGB, decoded - motion-compensated reference.
+    frame_indices: int64 (T,) presentation index of each sampled frame.
+    reference_indices: int64 (T,) index of the frame ``mv`` / ``residual`` refer to (the GOP's I-frame
+    with ``accumulate=True``, the previous frame otherwise).
+    audio: float32 (T, 128) audio embedding per sampled frame (zeros without an audio stream).
+    audio_logmel: float32 (T, 96, 64) VGGish log-mel example centred on each sampled frame, or None.
+    """
+
+    iframe: np.ndarray
+    mv: np.ndarray
+    residual: np.ndarray
+    frame_indices: np.ndarray
+    reference_indices: np.ndarray
+    has_audio: bool
+    audio: np.ndarray
+    audio_logmel: np.ndarray | None = None
+    fps: float = 0.0
+    num_frames: int = 0
+    accumulate: bool = True
+    path: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+def reencode_mpeg4(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    size: tuple[int, int] | None = (340, 256),
+    gop: int = 12,
+    qscale: int = 2,
+    max_frames: int | None = None,
+) -> str:
+    """Re-encode ``src`` as MPEG-4 Part 2 (GOP ``gop``, no B-frames) with AAC audio kept, as MM-ViT /
+    CoViAR prepare data. ``size`` is (width, height), None keeps the source size; ``qscale`` is the
+    fixed quantiser (FFmpeg ``-q:v``, 1 best .. 31 worst). Output timestamps are constant-rate at the
+    source's average frame rate. Writes ``dst`` (an .mp4 / .avi / .mkv) and returns its path.
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    with open_video(src) as inp:
+        vin = inp.streams.video[0]
+        ain = inp.streams.audio[0] if inp.streams.audio else None
+        rate = Fraction(vin.average_rate or vin.guessed_rate or 25)
+        width, height = size if size is not None else (vin.codec_context.width, vin.codec_context.height)
+        if width % 2 or height % 2:
+            raise ValueError(f"{dst}: MPEG-4 4:2:0 needs an even size, got {width}x{height}")
+        try:
+            with av.open(dst, mode="w") as out:
+                vs = out.add_stream("mpeg4", rate=rate)
+                vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+                vs.codec_context.gop_size = gop
+                vs.codec_context.max_b_frames = 0
+                vs.codec_context.options = {"flags": "+qscale", "global_quality": str(118 * qscale),
+                                            "sc_threshold": "1000000000"}  # fixed GOPs, no scene cuts
+                as_, resampler, a_pts = None, None, 0
+                if ain is not None:
+                    sr = ain.codec_context.sample_rate or 48000
+                    layout = "stereo" if (ain.codec_context.channels or 1) >= 2 else "mono"
+                    as_ = out.add_stream("aac", rate=sr, layout=layout)
+                    resampler = av.AudioResampler(format="fltp", layout=layout, rate=sr, frame_size=1024)
+                n = 0
+                streams = [s for s in (vin, ain) if s is not None]
+                for packet in inp.demux(*streams):
+                    for frame in packet.decode():
+                        if packet.stream.type == "video":
+                            if max_frames is not None and n >= max_frames:
+                                continue
+                            g = frame.reformat(width=width, height=height, format="yuv420p")
+                            g.pts, g.time_base = n, 1 / rate
+                            n += 1
+                            for p in vs.encode(g):
+                                out.mux(p)
+                        elif as_ is not None:
+                            if max_frames is not None and frame.time is not None and frame.time > max_frames / rate:
+                                continue
+                            frame.pts = None
+                            for f in resampler.resample(frame):
+                                f.pts, a_pts = a_pts, a_pts + f.samples
+                                for p in as_.encode(f):
+                                    out.mux(p)
+                for p in vs.encode():
+                    out.mux(p)
+                if as_ is not None:
+                    for f in resampler.resample(None):
+                        f.pts, a_pts = a_pts, a_pts + f.samples
+                        for p in as_.encode(f):
+                            out.mux(p)
+                    for p in as_.encode():
+                        out.mux(p)
+        except av.FFmpegError as e:
+            raise VideoReadError(src, f"re-encoding to {dst} failed: {e}") from e
+    if n == 0:
+        raise VideoReadError(src, "no video frame decoded while re-encoding")
+    return dst
+
+
+def rasterize_motion_vectors(mvs: np.ndarray | None, height: int, width: int) -> np.ndarray:
+    """Per-pixel offset to the source in the past reference, int32 (H, W, 2) as (oy, ox).
+
+    ``mvs`` is FFmpeg's AVMotionVector array (PyAV ``side_data["MOTION_VECTORS"].to_ndarray()``).
+    Only past references (``source < 0``) are used; the offset is ``motion / motion_scale`` rounded
+    to the nearest pel (``src_x`` is truncated by FFmpeg, so it is not used). Pixels of intra blocks
+    and of blocks without a vector get offset 0. Block (w, h) is centred on (dst_x, dst_y).
+    """
+    gh, gw = -(-height // 16) * 16 // _CELL + 4, -(-width // 16) * 16 // _CELL + 4
+    grid = np.zeros((gh, gw, 2), dtype=np.int32)
+    if mvs is not None and len(mvs):
+        mvs = mvs[mvs["source"] < 0]
+        oy = np.floor(mvs["motion_y"] / mvs["motion_scale"] + 0.5).astype(np.int32)
+        ox = np.floor(mvs["motion_x"] / mvs["motion_scale"] + 0.5).astype(np.int32)
+        x0 = mvs["dst_x"].astype(np.int64) - mvs["w"] // 2
+        y0 = mvs["dst_y"].astype(np.int64) - mvs["h"] // 2
+        if ((x0 % _CELL) | (y0 % _CELL) | (mvs["w"] % _CELL) | (mvs["h"] % _CELL)).any():
+            raise ValueError("motion-vector blocks not on a 4-pel grid")
+        cx, cy = x0 // _CELL, y0 // _CELL
+        for bw, bh in {(int(a), int(b)) for a, b in zip(mvs["w"], mvs["h"])}:
+            sel = (mvs["w"] == bw) & (mvs["h"] == bh)
+            for dy in range(bh // _CELL):
+                for dx in range(bw // _CELL):
+                    yy = np.clip(cy[sel] + dy, 0, gh - 1)
+                    xx = np.clip(cx[sel] + dx, 0, gw - 1)
+                    grid[yy, xx, 0] = oy[sel]
+                    grid[yy, xx, 1] = ox[sel]
+    return np.repeat(np.repeat(grid, _CELL, axis=0), _CELL, axis=1)[:height, :width]
+
+
+def _rgb(frame: av.VideoFrame) -> np.ndarray:
+    return frame.to_ndarray(format="rgb24")
+
+
+def extract_compressed(
+    path: str | os.PathLike,
+    num_segments: int = 8,
+    accumulate: bool = True,
+    indices: Sequence[int] | np.ndarray | None = None,
+    train: bool = False,
+    rng: np.random.Generator | None = None,
+    audio: bool = True,
+    audio_embedder=None,
+) -> CompressedClip:
+    """Decode ``path`` once (up to the last sampled frame) and return its :class:`CompressedClip`.
+
+    Frames are sampled TSN-style (``uniform_indices``: segment centres for test, random for train)
+    unless ``indices`` is given. Expects a stream without B-frames (``reencode_mpeg4``); future
+    references of any B-frame are ignored with a warning. ``audio_embedder`` maps log-mel examples
+    (N, 96, 64) to (N, 128); default :func:`videoformer.data.audio.default_embedder`.
+    """
+    path = os.fspath(path)
+    info = probe(path)
+    if indices is None:
+        idx = uniform_indices(info.num_frames, num_segments, train=train, rng=rng)
+    else:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0 or (idx < 0).any():
+            raise ValueError(f"{path}: frame indices must be non-negative and non-empty, got {idx.tolist()}")
+    wanted = set(idx.tolist())
+    want_prev = {i - 1 for i in wanted}
+    last_wanted = max(wanted)
+    h, w = info.height, info.width
+    yy, xx = np.meshgrid(np.arange(h, dtype=np.int32), np.arange(w, dtype=np.int32), indexing="ij")
+    ident = np.stack([yy, xx], axis=-1)  # (H, W, 2) as (y, x)
+    out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
+    warned_b = False
+    with open_video(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.options = {"flags2": "+export_mvs"}
+        iframe_rgb, iframe_idx = None, -1
+        src_map = ident.copy()  # accumulated source of every pixel in the GOP's I-frame
+        prev_rgb, last_rgb, i = None, None, -1
+        for i, frame in enumerate(_decode_from(container, stream, path)):
+            if i > last_wanted:
+                break
+            intra = frame.key_frame or frame.pict_type == av.video.frame.PictureType.I
+            if frame.pict_type == av.video.frame.PictureType.B and not warned_b:
+                log.warning("%s: B-frames found; future references ignored (re-encode with reencode_mpeg4)", path)
+                warned_b = True
+            rgb = _rgb(frame) if (intra or i in wanted or i in want_prev) else None
+            if intra:
+                iframe_rgb, iframe_idx = rgb, i
+                src_map = ident.copy()
+                step = np.zeros_like(ident)
+            else:
+                sd = frame.side_data.get("MOTION_VECTORS")
+                step = rasterize_motion_vectors(sd.to_ndarray() if sd is not None else None, h, w)
+                if accumulate:
+                    q = _clip_to_frame(ident + step, h, w)
+                    src_map = src_map[q[..., 0], q[..., 1]]
+            if i in wanted:
+                if iframe_rgb is None:
+                    raise VideoReadError(path, f"frame {i} precedes the first I-frame")
+                if accumulate:
+                    ref, src, ref_idx = iframe_rgb, src_map, iframe_idx
+                elif prev_rgb is None:  # first frame of the stream: its own reference
+                    ref, src, ref_idx = rgb, ident, i
+                else:
+                    ref, src, ref_idx = prev_rgb, _clip_to_frame(ident + step, h, w), i - 1
+                residual = rgb.astype(np.int16) - ref[src[..., 0], src[..., 1]].astype(np.int16)
+                mv = (ident - src)[..., ::-1]  # (dx, dy) = position - source
+                out[i] = (iframe_rgb, mv.astype(np.int16), residual, ref_idx)
+            prev_rgb = rgb
+            last_rgb = rgb if rgb is not None else last_rgb
+    if not out:
+        raise VideoReadError(path, f"none of the frames {sorted(wanted)[:8]} could be decoded ({i + 1} decoded)")
+    missing = sorted(wanted - set(out))
+    if missing:  # past the real end (over-reported length, clip longer than the video): pad
+        end = i  # index of the last decoded frame
+        log.warning("%s: frames %s past the end of the stream (%d frames); padded with the last frame",
+                    path, missing[:8], end + 1)
+        if end not in out:
+            last = extract_compressed(path, indices=[end], accumulate=accumulate, audio=False)
+            out[end] = (last.iframe[0].transpose(1, 2, 0), last.mv[0].transpose(1, 2, 0),
+                        last.residual[0].transpose(1, 2, 0), int(last.reference_indices[0]))
+        for m in missing:
+            out[m] = out[end]
+    iframe = np.stack([out[k][0] for k in idx.tolist()]).transpose(0, 3, 1, 2)
+    mv = np.stack([out[k][1] for k in idx.tolist()]).transpose(0, 3, 1, 2)
+    res = np.stack([out[k][2] for k in idx.tolist()]).transpose(0, 3, 1, 2)
+    refs = np.array([out[k][3] for k in idx.tolist()], dtype=np.int64)
+    emb, logmel, has_audio = _audio(path, idx, info.fps, audio, audio_embedder)
+    return CompressedClip(
+        iframe=np.ascontiguousarray(iframe), mv=np.ascontiguousarray(mv), residual=np.ascontiguousarray(res),
+        frame_indices=idx, reference_indices=refs, has_audio=has_audio, audio=emb, audio_logmel=logmel,
+        fps=info.fps, num_frames=info.num_frames, accumulate=accumulate, path=path,
+    )
+
+
+def _clip_to_frame(q: np.ndarray, h: int, w: int) -> np.ndarray:
+    return np.stack([np.clip(q[..., 0], 0, h - 1), np.clip(q[..., 1], 0, w - 1)], axis=-1)
+
+
+def _audio(path: str, idx: np.ndarray, fps: float, enabled: bool, embedder):
+    from videoformer.data import audio as audio_mod
+
+    t = len(idx)
+    if not enabled:
+        return np.zeros((t, 128), np.float32), None, audio_mod.has_audio_stream(path)
+    feats = audio_mod.frame_aligned_logmel(path, idx / fps)
+    if feats is None:
+        return np.zeros((t, 128), np.float32), None, False
+    embedder = embedder or audio_mod.default_embedder()
+    return np.asarray(embedder(feats), dtype=np.float32), feats, True
