@@ -28,6 +28,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"input   {c}×{t}×{h}×{w} (C×T×H×W), one clip")
     print(f"params  {report.params / 1e6:.2f} M")
     print(f"GMACs   {report.gmacs:.2f} (matmul, linear, conv and attention Q·Kᵀ, A·V multiply-accumulates)")
+    print("by op   " + ", ".join(f"{op} {macs / 1e9:.2f}" for op, macs in sorted(report.ops.items())))
     print()
     print(report.table())
     return 0
