@@ -25,7 +25,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..layers import AxisAttention, Block, attend
+from ..layers import AxisAttention, Block, Grouping, attend
 from ..layers.shift import Boundary, FrameGrid, check_boundary, shift_frames
 from .vit import FramewiseViT, FramewiseViTConfig
 
@@ -44,7 +44,8 @@ class CrossFrameAttention(nn.Module):
     """MSCA sublayer (Eq. 17-23): MSA whose Q / K / V slices (heads or tokens) come from frames t-1 and t+1.
 
     Parameters ``qkv`` (fused ``3·D``, q|k|v, heads contiguous) and ``proj`` are those of
-    :class:`~videoformer.layers.AxisAttention`, so image-ViT weights load unchanged.
+    :class:`~videoformer.layers.AxisAttention`, so image-ViT weights load unchanged. Scores are scaled by
+    1/√(D/h), the head width (ViT and the official code; Eq. 14 writes √D).
 
     Args:
         variant: one of :data:`VARIANTS`; ``"KV"`` is Eq. 17, ``"V"`` Eq. 18, ``"pKV"`` Eq. 21-22, ``"pV"`` Eq. 23.
@@ -79,6 +80,8 @@ class CrossFrameAttention(nn.Module):
     def adopt(cls, attn: AxisAttention, variant: str, back: int, fwd: int,
               boundary: Boundary = "zero") -> "CrossFrameAttention":
         """An MSCA sublayer that takes over the ``qkv`` / ``proj`` modules (and dropout) of a frame-wise MSA."""
+        if attn.fc is not None or attn.prefix != "replicate" or attn.groupings != (Grouping(("t", "h", "w")),):
+            raise ValueError(f"MSCA replaces a frame-wise MSA (one head group over a frame, no extra fc), got {attn}")
         dim = attn.proj.in_features
         new = cls(dim, attn.num_heads, variant, back, fwd, boundary, attn.qkv.bias is not None,
                   attn.attn_drop, attn.proj_drop.p)
@@ -95,8 +98,8 @@ class CrossFrameAttention(nn.Module):
         grid.check(x)
         qkv = rearrange(self.qkv(x), "bt n (three k d) -> three bt k n d", three=3, d=self.head_dim)
         q, k, v = (
-            shift_frames(t, grid.frames, self.shift_dim, self.back, self.fwd, self.boundary) if s else t
-            for t, s in zip(qkv.unbind(0), self.shifted)
+            shift_frames(m, grid.frames, self.shift_dim, self.back, self.fwd, self.boundary) if s else m
+            for m, s in zip(qkv.unbind(0), self.shifted)
         )
         out = attend(q, k, v, self.attn_drop if self.training else 0.0)  # (B*T, heads, P + N, d)
         return self.proj_drop(self.proj(rearrange(out, "bt k n d -> bt n (k d)")))
