@@ -13,3 +13,6 @@ __all__ = [
 from .msca import MSCA, CrossFrameAttention, MSCAConfig, TokenShift, TokenShiftBlock, TokenShiftConfig  # noqa: E402
 
 __all__ += ["CrossFrameAttention", "MSCA", "MSCAConfig", "TokenShift", "TokenShiftBlock", "TokenShiftConfig"]
+from .mvit import CubeEmbed, MultiscaleBlock, MViT, MViTConfig  # noqa: E402
+
+__all__ += ["CubeEmbed", "MViT", "MViTConfig", "MultiscaleBlock"]
