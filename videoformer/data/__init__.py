@@ -1,4 +1,11 @@
-"""Video data pipeline: decoding and sampling, compressed domain, audio, datasets, transforms."""
+"""Video data pipeline: decoding and sampling, compressed domain, audio, datasets, transforms.
+
+Modules: ``video`` (PyAV decode, metadata), ``sampling`` (TSN / dense / multi-view), ``compressed``
+(MPEG-4 re-encode, I-frame / motion vectors / residual), ``audio`` (16 kHz log-mel, VGGish),
+``annotations`` (dataset formats), ``datasets`` (VideoDataset, CompressedVideoDataset), ``transforms``,
+``mixup``, ``synthetic`` (write small test videos).
+Heavy modules (torch-based audio, datasets) are imported lazily by their users.
+"""
 
 from videoformer.data.errors import AnnotationError, VideoDecodeError, VideoReadError
 from videoformer.data.sampling import (
@@ -9,18 +16,27 @@ from videoformer.data.sampling import (
     uniform_indices,
 )
 from videoformer.data.video import VideoInfo, probe, read_all_frames, read_clip
+from videoformer.data.compressed import CompressedClip, extract_compressed, reencode_mpeg4
+from videoformer.data.annotations import (
+    Annotations,
+    VideoRecord,
+    read_csv,
+    read_epic_kitchens,
+    read_folder,
+    read_hmdb51,
+    read_kinetics,
+    read_ssv2,
+    read_ucf101,
+)
+from videoformer.data.datasets import CompressedVideoDataset, DatasetFailure, VideoDataset
+from videoformer.data.transforms import CompressedTransform, VideoTransform
+from videoformer.data.mixup import Mixup, one_hot_smooth
 
 __all__ = [
-    "AnnotationError",
-    "VideoDecodeError",
-    "VideoReadError",
-    "View",
-    "VideoInfo",
-    "dense_indices",
-    "multiview_indices",
-    "probe",
-    "read_all_frames",
-    "read_clip",
-    "spatial_crop_offsets",
-    "uniform_indices",
+    "AnnotationError", "VideoDecodeError", "VideoReadError", "View", "VideoInfo", "dense_indices",
+    "multiview_indices", "probe", "read_all_frames", "read_clip", "spatial_crop_offsets", "uniform_indices",
+    "CompressedClip", "extract_compressed", "reencode_mpeg4", "Annotations", "VideoRecord", "read_csv",
+    "read_epic_kitchens", "read_folder", "read_hmdb51", "read_kinetics", "read_ssv2", "read_ucf101",
+    "CompressedVideoDataset", "DatasetFailure", "VideoDataset", "CompressedTransform", "VideoTransform",
+    "Mixup", "one_hot_smooth",
 ]
