@@ -8,7 +8,8 @@
 - Tubelet filters E (D, C, t, p, p) from the 2D filter: "inflation" replicates it over t and divides by t
   (Eq. 8); "central frame" puts it at ``floor(t/2)`` and zeros elsewhere (Eq. 9).
 - Attention sublayers the image ViT lacks:
-  ViViT model 3's temporal MSA is all zeros, so Eq. 5 is a residual connection at initialisation;
+  ViViT model 3's temporal MSA gets the pretrained ``qkv`` and a zero output projection, so Eq. 5 is a
+  residual connection at initialisation, as §3.4 asks, and yet trains (see below);
   TimeSformer's added sublayers (the ones with the extra ``fc``: divided's temporal attention, local-global's
   local attention, axial's time and width attention) copy the pretrained MSA and zero their ``fc``, as the
   official code does; ViViT model 4's single attention takes the pretrained ``qkv`` / ``proj`` as they are;
@@ -16,10 +17,10 @@
   The LayerNorm before every sublayer copies the image block's ``norm1``.
 - The classifier head stays the model's own unless ``load_head=True`` (then its shape must match).
 
-Caveat: an all-zero MSA is a stationary point -- its values are zero and so is the ``proj.weight`` the gradient
-flows back through, hence ``qkv`` and ``proj.weight`` receive exactly zero gradient and only ``proj.bias``
-trains. ``zero_new=False`` copies the pretrained MSA into model 3's temporal sublayer instead (what the Scenic
-code does by default).
+Why not all zeros, as §3.4 literally says: an all-zero MSA is a stationary point -- its values are zero and so
+is the ``proj.weight`` the gradient flows back through, hence ``qkv`` and ``proj.weight`` receive exactly zero
+gradient and only ``proj.bias`` would ever train. Zeroing the output projection alone gives the same function
+at initialisation with non-zero gradients. ``zero_new=False`` copies the whole pretrained MSA instead.
 """
 from __future__ import annotations
 
@@ -112,13 +113,14 @@ def _blocks(tr: _Transfer, blocks: nn.ModuleList, zero_new: bool) -> None:
     for i, block in enumerate(blocks):
         b = f"blocks.{i}"
         for j, attn in enumerate(block.attns):
-            zero = zero_new and _is_added_temporal(block, attn)
+            zero_proj = zero_new and _is_added_temporal(block, attn)
             for p in ("weight", "bias"):
                 tr.copy(f"{b}.norms.{j}.{p}", f"{b}.norms.0.{p}")
             names = [f"{layer}.{p}" for layer in ("qkv", "proj") for p, _ in getattr(attn, layer).named_parameters()]
             for name in names:
                 value = tr.get(f"{b}.attns.0.{name}")
-                tr.put(f"{b}.attns.{j}.{name}", torch.zeros_like(value) if zero and value is not None else value)
+                zero = zero_proj and name.startswith("proj.") and value is not None
+                tr.put(f"{b}.attns.{j}.{name}", torch.zeros_like(value) if zero else value)
             if getattr(attn, "fc", None) is not None and zero_new:
                 for p in ("weight", "bias"):
                     tr.put(f"{b}.attns.{j}.fc.{p}", torch.zeros_like(tr.out[f"{b}.attns.{j}.fc.{p}"]))
