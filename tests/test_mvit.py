@@ -1,5 +1,7 @@
 """MViT v1: the pooling operator and pooling attention by definition, the multiscale model on the tiny config,
 the paper's parameter / GMAC tables on the meta device, and the frame-shuffle helper (Table 9)."""
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,9 @@ from videoformer.analysis.flops import count_model
 from videoformer.analysis.shuffle import shuffle_frames
 from videoformer.layers import Grid, fused_attention
 from videoformer.layers.pooling import Pool, PoolingAttention, default_kernel, make_pool
-from videoformer.models import MViT, MViTConfig, create_model, model_config
+from videoformer.models import MViTConfig, create_model, model_config
+from videoformer.weights.common import CheckpointError, CheckpointMismatchError
+from videoformer.weights.mvit import detect_layout, load_mvit
 
 MODES = ("max", "avg", "conv")
 
@@ -204,7 +208,8 @@ def test_pooled_residual_and_normalised_skip():
     grid = Grid(t=2, h=8, w=8, prefix=1)
     x = tokens(grid, c=32)
     y, new = block(x, grid)
-    body = F.max_pool3d(rearrange(x[:, 1:], "b (t h w) c -> b c t h w", t=2, h=8, w=8), (1, 3, 3), (1, 2, 2), (0, 1, 1))
+    grid_x = rearrange(x[:, 1:], "b (t h w) c -> b c t h w", t=2, h=8, w=8)
+    body = F.max_pool3d(grid_x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
     torch.testing.assert_close(y, torch.cat([x[:, :1], rearrange(body, "b c t h w -> b (t h w) c")], dim=1))
     assert new == Grid(t=2, h=4, w=4, prefix=1)
 
@@ -298,3 +303,63 @@ def test_shuffle_frames_permutes_time_per_clip():
     torch.testing.assert_close(shuffle_frames(x, torch.Generator().manual_seed(0)), y)  # reproducible
     with pytest.raises(ValueError, match=r"\(B, C, T, H, W\)"):
         shuffle_frames(torch.randn(2, 3, 4, 4))
+
+
+# ---------------------------------------------------------------- PySlowFast / torchvision checkpoints
+
+def to_torchvision(sd):
+    """Our state dict written in torchvision's ``mvit_v1_b`` key layout (as the test's own, independent map)."""
+    out = {"conv_proj.weight": sd["patch_embed.proj.weight"], "conv_proj.bias": sd["patch_embed.proj.bias"],
+           "pos_encoding.class_token": sd["cls_token"].reshape(-1),
+           "pos_encoding.class_pos": sd["pos_embed.space"][0, 0],
+           "pos_encoding.spatial_pos": sd["pos_embed.space"][0, 1:],
+           "pos_encoding.temporal_pos": sd["pos_embed.time"][0]}
+    names = {"attn.proj": "attn.project.0", "mlp.fc1": "mlp.0", "mlp.fc2": "mlp.3", "proj": "project"}
+    for key, value in sd.items():
+        block = re.match(r"^(blocks\.\d+)\.(.+)\.(weight|bias)$", key)
+        if block and block.group(2) in names:
+            out[f"{block.group(1)}.{names[block.group(2)]}.{block.group(3)}"] = value
+        elif key.startswith(("blocks.", "norm.")):
+            out[key] = value
+    out["head.1.weight"], out["head.1.bias"] = sd["head.weight"], sd["head.bias"]
+    return out
+
+
+def to_pyslowfast(sd):
+    """Our state dict in PySlowFast's MViT v1 layout: separate q / k / v, ``pool_q`` + ``norm_q``, split pos."""
+    out = {"pos_embed_class": sd["pos_embed.space"][:, :1], "pos_embed_spatial": sd["pos_embed.space"][:, 1:],
+           "pos_embed_temporal": sd["pos_embed.time"], "head.projection.weight": sd["head.weight"],
+           "head.projection.bias": sd["head.bias"]}
+    for key, value in sd.items():
+        if ".attn.qkv." in key:
+            for name, part in zip("qkv", value.chunk(3)):
+                out[key.replace(".qkv.", f".{name}.")] = part
+        elif m := re.match(r"^(blocks\.\d+\.attn)\.pool_([qkv])\.pool\.weight$", key):
+            out[f"{m[1]}.pool_{m[2]}.weight"] = value
+        elif m := re.match(r"^(blocks\.\d+\.attn)\.pool_([qkv])\.norm\.(weight|bias)$", key):
+            out[f"{m[1]}.norm_{m[2]}.{m[3]}"] = value
+        elif not key.startswith(("pos_embed.", "head.")):
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("layout", ["torchvision", "pyslowfast"])
+def test_mvit_checkpoints_load_exactly(layout, tmp_path):
+    source = create_model("mvit_tiny", pool_kernel=(3, 3, 3)).eval()  # the released configs' 3×3×3 kernels
+    foreign = (to_torchvision if layout == "torchvision" else to_pyslowfast)(source.state_dict())
+    assert detect_layout(foreign) == layout
+    path = tmp_path / "mvit.pyth"
+    torch.save({"model_state": foreign, "epoch": 3} if layout == "pyslowfast" else foreign, path)
+    target = load_mvit(path, create_model("mvit_tiny", pool_kernel=(3, 3, 3))).eval()
+    x = clip()
+    torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
+
+
+def test_mvit_checkpoint_mismatch_lists_the_keys():
+    foreign = to_torchvision(create_model("mvit_tiny", pool_kernel=(3, 3, 3)).state_dict())
+    other = create_model("mvit_tiny", pool_kernel=(3, 3, 3), stage_depths=(2, 1, 2))  # block 1 still in stage 1
+    with pytest.raises(CheckpointMismatchError, match=r"blocks\.1\.attn\.qkv\.weight: expected shape \(48, 16\), "
+                                                      r"got \(96, 32\)"):
+        load_mvit(foreign, other)
+    with pytest.raises(CheckpointError, match="not an MViT checkpoint"):
+        load_mvit({"encoder.weight": torch.zeros(1)}, create_model("mvit_tiny"))
