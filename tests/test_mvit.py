@@ -363,3 +363,12 @@ def test_mvit_checkpoint_mismatch_lists_the_keys():
         load_mvit(foreign, other)
     with pytest.raises(CheckpointError, match="not an MViT checkpoint"):
         load_mvit({"encoder.weight": torch.zeros(1)}, create_model("mvit_tiny"))
+
+
+def test_shuffle_separates_order_aware_models_from_bags_of_frames():
+    """Table 9's probe: a frame-wise ViT (bag of frames) is blind to the shuffle, MViT's cube and pooling are not."""
+    x, g = clip(t=4), torch.Generator().manual_seed(1)
+    shuffled = shuffle_frames(x, g)
+    framewise, mvit = create_model("vit_tiny_framewise").eval(), create_model("mvit_tiny").eval()
+    torch.testing.assert_close(framewise(shuffled), framewise(x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(mvit(shuffled), mvit(x), rtol=1e-3, atol=1e-4)

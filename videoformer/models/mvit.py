@@ -25,6 +25,14 @@ PosEmbedKind = Literal["none", "space", "joint", "separable"]
 POS_EMBEDS = ("none", "space", "joint", "separable")
 
 
+def _pooled(sizes: tuple[int, ...], stride: Triple, what: str) -> tuple[int, ...]:
+    """Grid ``sizes`` after a pooling of ``stride``; ``ValueError`` unless the stride divides every axis."""
+    if any(n % s for n, s in zip(sizes, stride)):
+        raise ValueError(f"{what} pooling stride {'×'.join(map(str, stride))} does not divide the token grid "
+                         f"T×H×W = {'×'.join(map(str, sizes))}")
+    return tuple(n // s for n, s in zip(sizes, stride))
+
+
 @dataclass
 class MViTConfig(TransformerConfig):
     """MViT-B 16×4 (Table 3b, stages V5 of Table 13) with conv pooling by default.
@@ -79,15 +87,10 @@ class MViTConfig(TransformerConfig):
             strides.append(tuple(max(s // q, 1) for s, q in zip(strides[-1], self.q_stride)))
         self.stage_kv_strides = tuple(strides)  # type: ignore[assignment]
         sizes = (self.grid.t, self.grid.h, self.grid.w)
-        for i, kv in enumerate(self.stage_kv_strides):
-            for stride, what in ((self.q_stride, "Q") if i else (None, ""), (kv, "K/V")):
-                if stride is None:
-                    continue
-                if any(n % s for n, s in zip(sizes, stride)):
-                    raise ValueError(f"stage {i + 1}: {what} pooling stride {'×'.join(map(str, stride))} does not "
-                                     f"divide the token grid T×H×W = {'×'.join(map(str, sizes))}")
-                if what == "Q":
-                    sizes = tuple(n // s for n, s in zip(sizes, stride))
+        for i, kv in enumerate(self.stage_kv_strides):  # fail here, not at the first clip
+            if i:
+                sizes = _pooled(sizes, self.q_stride, f"stage {i + 1}: Q")
+            _pooled(sizes, kv, f"stage {i + 1}: K/V")
 
     @property
     def grid(self) -> Grid:
