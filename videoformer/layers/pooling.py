@@ -1,7 +1,7 @@
 """Multi Head Pooling Attention (MViT §3.1): Q, K and V pooled over ``(t, h, w)`` before the product.
 
 ``PA(·) = Softmax(P(Q; Θ_Q) P(K; Θ_K)ᵀ / √d) P(V; Θ_V)``, where the pooling operator ``P(·; k, s, p)`` reduces
-an ``L = T×H×W`` grid to ``L̃ = ⌊(L + 2p − k)/s⌋ + 1`` coordinate-wise (MViT Eq. 1). The grid size travels
+an ``L = T×H×W`` grid to ``L̃ = ⌊(L + 2p − k)/s⌋ + 1`` coordinate-wise (MViT §3.1). The grid size travels
 with the tokens: ``forward(x, grid) -> x, grid`` returns the pooled grid. Prefix (CLS) tokens are never pooled.
 """
 from __future__ import annotations
