@@ -301,3 +301,30 @@ def test_msca_only_replaces_a_frame_wise_msa():
     temporal = AxisAttention(D, HEADS, [Grouping(("t",))], prefix="exclude")
     with pytest.raises(ValueError, match="frame-wise MSA"):
         CrossFrameAttention.adopt(temporal, "KV", 1, 1)
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("msca_tiny", dict(heads_back=0, heads_fwd=0)), ("msca_tiny_patch", dict(tokens_back=0, tokens_fwd=0)),
+    ("tokenshift_tiny", dict(channels_back=0, channels_fwd=0))])
+def test_init_from_a_hugging_face_image_vit(tmp_path, name, overrides):
+    """Image-ViT initialisation reaches the MSCA / TokenShift parameters: with zero shift the model is the
+    image ViT on every frame, frame logits averaged (the frame-wise ViT of the paper)."""
+    transformers = pytest.importorskip("transformers")
+    from videoformer.weights.inflate import init_from_image
+
+    cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                                 image_size=32, patch_size=8, num_labels=10)
+    hf = transformers.ViTForImageClassification(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    hf.save_pretrained(tmp_path)
+    model = create_model(name, norm_eps=cfg.layer_norm_eps, **overrides).eval()
+    init_from_image(model, tmp_path, load_head=True)
+    x = clip()
+    with torch.no_grad():
+        ref = torch.stack([hf(x[:, :, t]).logits for t in range(x.shape[2])]).mean(dim=0)
+        assert (model(x) - ref).abs().max() < 1e-4
+        shifted = create_model(name, norm_eps=cfg.layer_norm_eps).eval()
+        init_from_image(shifted, tmp_path, load_head=True)
+        assert (shifted(x) - ref).abs().max() > 1e-3  # the shifted model reads other frames
