@@ -154,3 +154,13 @@ def test_corrupt_packets_in_the_middle_never_crash(clips, tmp_path):
             assert str(path) in str(e)
         else:  # ... or concealed frames of the right shape
             assert clip.shape == (3, 64, 96, 3) and clip.dtype == np.uint8
+
+
+def test_errors_pickle_across_processes():
+    import pickle
+
+    from videoformer.data.errors import AnnotationError
+
+    for err in (VideoReadError("/x/a.mp4", "empty file"), AnnotationError("/x/l.csv", "line 3: bad")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and back.path == err.path and str(back) == str(err)

@@ -17,6 +17,9 @@ class VideoReadError(ValueError):
         self.cause = cause
         super().__init__(f"{self.path}: {cause}")
 
+    def __reduce__(self):  # picklable across worker processes
+        return (type(self), (self.path, self.cause))
+
 
 #: Alias kept for readers who look for the decode-specific name.
 VideoDecodeError = VideoReadError
@@ -29,3 +32,6 @@ class AnnotationError(ValueError):
         self.path = os.fspath(path)
         self.cause = cause
         super().__init__(f"{self.path}: {cause}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.cause))
