@@ -132,11 +132,13 @@ def test_scheme_must_match_checkpoint(checkpoints):
     ({"hidden_act": "relu"}, "hidden_act='relu'"),
     ({"image_size": [32, 48]}, "square sizes only"),
     ({"num_frames": 5}, "not divisible by tubelet_t=2"),
+    ({"hidden_size": None}, "missing field 'hidden_size'"),
 ])
 def test_unsupported_config_names_the_file(checkpoints, tmp_path, change, match):
     case = "vivit" if "num_frames" in change else "divided_space_time"
     hf = json.loads((checkpoints[case][1] / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**hf, **change}))
+    changed = {k: v for k, v in {**hf, **change}.items() if v is not None}  # None: delete the field
+    (tmp_path / "config.json").write_text(json.dumps(changed))
     with pytest.raises(CheckpointError, match=match) as info:
         load_pretrained(tmp_path)
     assert str(tmp_path / "config.json") in str(info.value)

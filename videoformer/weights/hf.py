@@ -202,11 +202,22 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> TimeSf
             f"{source}: unsupported architecture {archs or hf.get('model_type')!r}; expected "
             "TimesformerForVideoClassification or VivitForVideoClassification"
         )
+    try:
+        return _config(hf, arch, source)
+    except KeyError as err:
+        raise CheckpointError(f"{source}: missing field {err}") from err
+    except CheckpointError:
+        raise
+    except ValueError as err:  # our config's own validation (divisibility etc.)
+        raise CheckpointError(f"{source}: {err}") from err
+
+
+def _config(hf: Mapping[str, Any], arch: str, source: str) -> TimeSformerConfig | ViViTConfig:
     act = hf.get("hidden_act", "gelu")
     if act not in ACTIVATIONS:
         raise CheckpointError(f"{source}: hidden_act={act!r} is not supported; supported: {sorted(ACTIVATIONS)}")
     dim, heads, hidden = hf["hidden_size"], hf["num_attention_heads"], hf["intermediate_size"]
-    if hf.get("head_dim", dim // heads) * heads != dim:
+    if (hf.get("head_dim") or dim // heads) * heads != dim:
         raise CheckpointError(f"{source}: head_dim={hf['head_dim']} × {heads} heads != hidden_size={dim}")
     common = dict(
         num_classes=hf["num_labels"] if "num_labels" in hf else len(hf.get("id2label", {0: 0, 1: 1})),
@@ -218,22 +229,17 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> TimeSf
     )
     if int(dim * common["mlp_ratio"]) != hidden:
         raise CheckpointError(f"{source}: intermediate_size={hidden} is not representable as a ratio of {dim}")
-    try:
-        if arch == "VivitForVideoClassification":
-            tubelet = list(hf.get("tubelet_size", (2, 16, 16)))
-            if len(tubelet) != 3:
-                raise CheckpointError(f"{source}: tubelet_size={tubelet} must have 3 entries (t, h, w)")
-            return ViViTConfig(**common, model=1, tubelet_t=tubelet[0],
-                               patch_size=_square(tubelet[1:], "tubelet_size[1:]", source))
-        scheme = hf.get("attention_type", "divided_space_time")
-        if scheme not in SCHEMES:
-            raise CheckpointError(f"{source}: attention_type={scheme!r} is not one of {sorted(SCHEMES)}")
-        return TimeSformerConfig(**common, scheme=SCHEMES[scheme], drop_path_rate=hf.get("drop_path_rate", 0.0),
-                                 patch_size=_square(hf["patch_size"], "patch_size", source))
-    except CheckpointError:
-        raise
-    except ValueError as err:  # our config's own validation (divisibility etc.)
-        raise CheckpointError(f"{source}: {err}") from err
+    if arch == "VivitForVideoClassification":
+        tubelet = list(hf.get("tubelet_size", (2, 16, 16)))
+        if len(tubelet) != 3:
+            raise CheckpointError(f"{source}: tubelet_size={tubelet} must have 3 entries (t, h, w)")
+        return ViViTConfig(**common, model=1, tubelet_t=tubelet[0],
+                           patch_size=_square(tubelet[1:], "tubelet_size[1:]", source))
+    scheme = hf.get("attention_type", "divided_space_time")
+    if scheme not in SCHEMES:
+        raise CheckpointError(f"{source}: attention_type={scheme!r} is not one of {sorted(SCHEMES)}")
+    return TimeSformerConfig(**common, scheme=SCHEMES[scheme], drop_path_rate=hf.get("drop_path_rate", 0.0),
+                             patch_size=_square(hf["patch_size"], "patch_size", source))
 
 
 def _read_weights(directory: Path) -> tuple[StateDict, str]:
@@ -265,10 +271,7 @@ def load_pretrained(path: str | Path) -> VideoModel:
         hf = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{config_path}: invalid JSON: {err}") from err
-    try:
-        config = config_from_hf(hf, str(config_path))
-    except KeyError as err:
-        raise CheckpointError(f"{config_path}: missing field {err}") from err
+    config = config_from_hf(hf, str(config_path))
     state_dict, source = _read_weights(directory)
     convert = convert_vivit if isinstance(config, ViViTConfig) else convert_timesformer
     converted = convert(state_dict, config, source)
