@@ -155,7 +155,19 @@ def test_dataset_skips_and_counts_bad_videos_in_workers(tmp_path, src):
     records += [VideoRecord(str(tmp_path / "bad.mp4"), 0), VideoRecord(str(tmp_path / "empty.mp4"), 1)]
     ds = VideoDataset(records, num_frames=4, stride=2, train=True, seed=0, max_fail_fraction=0.5, min_attempts=4,
                       transform=VideoTransform(size=32, train=True))
-    loader = DataLoader(ds, batch_size=4, num_workers=2, shuffle=False)
+    # regression: decoded frames left in cyclic garbage in the parent used to hang forked workers
+    # (their swscale slice threads do not exist after fork); the loader times out instead of hanging
+    import av
+
+    with av.open(str(good[0])) as c:
+        frame = next(c.decode(video=0))
+    from videoformer.data.video import to_rgb
+
+    to_rgb(frame)
+    cycle = [frame]
+    cycle.append(cycle)
+    del cycle, frame
+    loader = DataLoader(ds, batch_size=4, num_workers=2, shuffle=False, timeout=60)
     batches = list(loader)
     x = torch.cat([b[0] for b in batches])
     assert x.shape == (8, 3, 4, 32, 32) and torch.isfinite(x).all()

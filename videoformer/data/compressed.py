@@ -26,7 +26,7 @@ import numpy as np
 
 from videoformer.data.errors import VideoReadError
 from videoformer.data.sampling import uniform_indices
-from videoformer.data.video import _decode_from, open_video, probe
+from videoformer.data.video import _decode_from, open_video, probe, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def reencode_mpeg4(
                         if packet.stream.type == "video":
                             if max_frames is not None and n >= max_frames:
                                 continue
-                            g = frame.reformat(width=width, height=height, format="yuv420p")
+                            g = frame.reformat(width=width, height=height, format="yuv420p", threads=1)
                             g.pts, g.time_base = n, 1 / rate
                             n += 1
                             for p in vs.encode(g):
@@ -166,7 +166,7 @@ def rasterize_motion_vectors(mvs: np.ndarray | None, height: int, width: int) ->
 
 
 def _rgb(frame: av.VideoFrame) -> np.ndarray:
-    return frame.to_ndarray(format="rgb24")
+    return to_rgb(frame)
 
 
 def extract_compressed(

@@ -12,6 +12,7 @@ Samplers (``videoformer.data.sampling``) never ask for such indices given a corr
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -26,7 +27,7 @@ from videoformer.data.errors import VideoReadError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VideoInfo", "probe", "read_clip", "read_all_frames", "open_video"]
+__all__ = ["VideoInfo", "probe", "read_clip", "read_all_frames", "open_video", "to_rgb"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,24 @@ class VideoInfo:
     codec: str
     has_audio: bool
     num_frames_exact: bool = False
+
+
+def to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of a decoded frame, converted single-threaded.
+
+    PyAV's default (``threads=0``) gives every frame's swscale context its own slice threads: slow
+    for small frames, and a forked DataLoader worker that garbage-collects such a context inherited
+    from its parent waits forever to join threads that do not exist in the child.
+    """
+    return frame.to_ndarray(format="rgb24", threads=1)
+
+
+def _collect_before_fork() -> None:
+    gc.collect()  # free cyclic garbage holding FFmpeg contexts in the parent, not in a forked child
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_collect_before_fork)
 
 
 def open_video(path: str | os.PathLike) -> av.container.InputContainer:
@@ -241,7 +260,7 @@ def _decode_run(container, stream, path, fps, tb, start, first, final, wanted, g
             if i > first:
                 return i
         if i in wanted_set and i not in got:
-            got[i] = frame.to_ndarray(format="rgb24")
+            got[i] = to_rgb(frame)
         if not last or i >= last[0]:
             last[:] = [i, frame]
         if i >= final:
@@ -252,7 +271,7 @@ def _decode_run(container, stream, path, fps, tb, start, first, final, wanted, g
 def _assemble(path: str, idx: np.ndarray, got: dict[int, np.ndarray], last) -> np.ndarray:
     """Order frames as asked; pad missing indices with the nearest earlier decoded frame."""
     if last and last[0] not in got:
-        got[last[0]] = last[1].to_ndarray(format="rgb24")
+        got[last[0]] = to_rgb(last[1])
     keys = np.array(sorted(got))
     missing = sorted({int(i) for i in idx.tolist()} - set(got))
     if missing:
@@ -273,7 +292,7 @@ def read_all_frames(path: str | os.PathLike) -> np.ndarray:
     path = os.fspath(path)
     with open_video(path) as container:
         stream = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in _decode_from(container, stream, path)]
+        frames = [to_rgb(f) for f in _decode_from(container, stream, path)]
     if not frames:
         raise VideoReadError(path, "no frame could be decoded")
     return np.stack(frames)
