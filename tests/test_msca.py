@@ -8,7 +8,8 @@ from torch import nn
 
 from videoformer.analysis.flops import count_macs
 from videoformer.layers import AxisAttention, Block, Grid, Grouping, fused_attention
-from videoformer.layers.shift import FrameGrid, shift_frames
+from videoformer.layers import FrameGrid
+from videoformer.layers.shift import shift_frames
 from videoformer.models import create_model
 from videoformer.models.msca import HEAD_VARIANTS, PATCH_VARIANTS, VARIANTS, CrossFrameAttention, TokenShiftBlock
 

@@ -49,6 +49,14 @@ class Grid:
 
 
 @dataclass(frozen=True)
+class FrameGrid(Grid):
+    """The grid of one frame (``t = 1``) of a clip whose ``frames`` frames are folded into the batch: tokens
+    ``(B * frames, prefix + h*w, D)`` with the frames of a clip consecutive, ``(b t)`` (frame-wise ViT)."""
+
+    frames: int = 1
+
+
+@dataclass(frozen=True)
 class Grouping:
     """How one attention call partitions the grid: the attended axes form the sequence, the rest is batch.
 

@@ -19,18 +19,10 @@ from typing import Literal
 import torch
 from einops import rearrange
 
-from .grid import Grid
+from .grid import FrameGrid
 
 Boundary = Literal["zero", "circular"]
 BOUNDARIES: tuple[str, ...] = ("zero", "circular")
-
-
-@dataclass(frozen=True)
-class FrameGrid(Grid):
-    """The grid of one frame (``t = 1``) of a clip whose ``frames`` frames are folded into the batch: tokens
-    ``(B * frames, prefix + h*w, D)`` with the frames of a clip consecutive, ``(b t)``."""
-
-    frames: int = 1
 
 
 def check_boundary(boundary: str) -> None:

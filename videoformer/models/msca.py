@@ -25,8 +25,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..layers import AxisAttention, Block, Grouping, attend
-from ..layers.shift import Boundary, FrameGrid, check_boundary, shift_frames
+from ..layers import AxisAttention, Block, FrameGrid, Grouping, attend
+from ..layers.shift import Boundary, check_boundary, shift_frames
 from .vit import FramewiseViT, FramewiseViTConfig
 
 HEAD_VARIANTS: tuple[str, ...] = ("Q", "K", "V", "QK", "KV", "QV", "QKV")
@@ -137,21 +137,6 @@ class TokenShiftBlock(Block):
         return x + self.drop_path(self.mlp(self.norm_mlp(x)))
 
 
-class _FoldedFramesViT(FramewiseViT):
-    """Frame-wise ViT whose blocks receive a :class:`FrameGrid` (the frame count of the folded batch)."""
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, T, H, W)`` -> normalised tokens ``(B, T, P + N, D)`` of every frame."""
-        x, grid = self.patch_embed(x)
-        B, T = x.shape[0], grid.t
-        x = rearrange(x, "b (t n) d -> (b t) n d", t=T)
-        grid = FrameGrid(t=1, h=grid.h, w=grid.w, prefix=self.num_prefix, frames=T)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.run_blocks(self.blocks, self.pos_embed(x, grid), grid)
-        return rearrange(self.norm(x), "(b t) n d -> b t n d", b=B)
-
-
 @dataclass
 class MSCAConfig(FramewiseViTConfig):
     """Frame-wise ViT-B/16 with MSCA-KV, one head each way, in all 12 blocks (the paper's best, Tables 1-3).
@@ -194,7 +179,7 @@ class MSCAConfig(FramewiseViTConfig):
         return self.heads_back, self.heads_fwd
 
 
-class MSCA(_FoldedFramesViT):
+class MSCA(FramewiseViT):
     """Frame-wise ViT with MSCA (Eq. 10-11) replacing MSA in its last ``msca_blocks`` blocks."""
 
     def __init__(self, cfg: MSCAConfig) -> None:
@@ -224,7 +209,7 @@ class TokenShiftConfig(FramewiseViTConfig):
                              f"and at most dim={self.dim}")
 
 
-class TokenShift(_FoldedFramesViT):
+class TokenShift(FramewiseViT):
     """Frame-wise ViT whose blocks shift CLS-token channels across frames (TokenShift, Eq. 4-9)."""
 
     def __init__(self, cfg: TokenShiftConfig) -> None:

@@ -11,7 +11,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..layers import AxisAttention, Block, Grid, Grouping, JointPosEmbed, TubeletEmbed, drop_path_rates
+from ..layers import AxisAttention, Block, FrameGrid, Grid, Grouping, JointPosEmbed, TubeletEmbed, drop_path_rates
 from .base import TransformerConfig, VideoModel, init_weights
 
 
@@ -52,7 +52,7 @@ class FramewiseViT(VideoModel):
         x, grid = self.patch_embed(x)
         B, T = x.shape[0], grid.t
         x = rearrange(x, "b (t n) d -> (b t) n d", t=T)
-        grid = grid.replace(t=1, prefix=self.num_prefix)
+        grid = FrameGrid(t=1, h=grid.h, w=grid.w, prefix=self.num_prefix, frames=T)  # frames fold into batch
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.run_blocks(self.blocks, self.pos_embed(x, grid), grid)
