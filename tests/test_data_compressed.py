@@ -122,3 +122,26 @@ def test_bad_inputs(tmp_path, bikes):
         reencode_mpeg4(bikes, tmp_path / "odd.mp4", size=(175, 144))
     clip = extract_compressed(bikes, indices=[3, 40], audio=False)  # 40 is past the end: padded
     np.testing.assert_array_equal(clip.residual[1], extract_compressed(bikes, indices=[23], audio=False).residual[0])
+
+
+def test_sparse_sampling_seeks_per_gop_and_matches_one_pass(bikes, monkeypatch):
+    from videoformer.data import compressed as comp
+
+    decoded = []
+    orig = comp._decode_from
+
+    def counting(container, stream, p):
+        for f in orig(container, stream, p):
+            decoded.append(f.pts)
+            yield f
+
+    monkeypatch.setattr(comp, "_decode_from", counting)
+    for accumulate in (True, False):
+        one_pass = extract_compressed(bikes, indices=[3, 20, 14], accumulate=accumulate, audio=False, seek_gap=10**6)
+        n_one = len(decoded)
+        decoded.clear()
+        seeking = extract_compressed(bikes, indices=[3, 20, 14], accumulate=accumulate, audio=False, seek_gap=2)
+        assert len(decoded) < n_one  # frames 5..11 are never decoded
+        decoded.clear()
+        for name in ("iframe", "mv", "residual", "reference_indices"):
+            np.testing.assert_array_equal(getattr(seeking, name), getattr(one_pass, name))

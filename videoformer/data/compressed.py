@@ -143,30 +143,31 @@ def rasterize_motion_vectors(mvs: np.ndarray | None, height: int, width: int) ->
     to the nearest pel (``src_x`` is truncated by FFmpeg, so it is not used). Pixels of intra blocks
     and of blocks without a vector get offset 0. Block (w, h) is centred on (dst_x, dst_y).
     """
-    gh, gw = -(-height // 16) * 16 // _CELL + 4, -(-width // 16) * 16 // _CELL + 4
-    grid = np.zeros((gh, gw, 2), dtype=np.int32)
+    cell = _CELL
     if mvs is not None and len(mvs):
         mvs = mvs[mvs["source"] < 0]
+    if mvs is not None and len(mvs):
         oy = np.floor(mvs["motion_y"] / mvs["motion_scale"] + 0.5).astype(np.int32)
         ox = np.floor(mvs["motion_x"] / mvs["motion_scale"] + 0.5).astype(np.int32)
         x0 = mvs["dst_x"].astype(np.int64) - mvs["w"] // 2
         y0 = mvs["dst_y"].astype(np.int64) - mvs["h"] // 2
-        if ((x0 % _CELL) | (y0 % _CELL) | (mvs["w"] % _CELL) | (mvs["h"] % _CELL)).any():
+        # the coarsest cell that every block is made of (16 for MPEG-4 without 4MV): fewer writes
+        cell = int(np.gcd.reduce(np.concatenate([x0, y0, mvs["w"], mvs["h"], [16]]).astype(np.int64)))
+        if cell % _CELL:
             raise ValueError("motion-vector blocks not on a 4-pel grid")
-        cx, cy = x0 // _CELL, y0 // _CELL
+    gh, gw = -(-height // 16) * 16 // cell + 64 // cell, -(-width // 16) * 16 // cell + 64 // cell
+    grid = np.zeros((gh, gw, 2), dtype=np.int32)
+    if mvs is not None and len(mvs):
+        cx, cy = x0 // cell, y0 // cell
         for bw, bh in {(int(a), int(b)) for a, b in zip(mvs["w"], mvs["h"])}:
             sel = (mvs["w"] == bw) & (mvs["h"] == bh)
-            for dy in range(bh // _CELL):
-                for dx in range(bw // _CELL):
+            for dy in range(bh // cell):
+                for dx in range(bw // cell):
                     yy = np.clip(cy[sel] + dy, 0, gh - 1)
                     xx = np.clip(cx[sel] + dx, 0, gw - 1)
                     grid[yy, xx, 0] = oy[sel]
                     grid[yy, xx, 1] = ox[sel]
-    return np.repeat(np.repeat(grid, _CELL, axis=0), _CELL, axis=1)[:height, :width]
-
-
-def _rgb(frame: av.VideoFrame) -> np.ndarray:
-    return to_rgb(frame)
+    return np.repeat(np.repeat(grid, cell, axis=0), cell, axis=1)[:height, :width]
 
 
 def extract_compressed(
@@ -178,8 +179,13 @@ def extract_compressed(
     rng: np.random.Generator | None = None,
     audio: bool = True,
     audio_embedder=None,
+    seek_gap: int = 12,
 ) -> CompressedClip:
-    """Decode ``path`` once (up to the last sampled frame) and return its :class:`CompressedClip`.
+    """Decode what the sampled frames need and return the :class:`CompressedClip` of ``path``.
+
+    Each run of sampled frames is decoded from the key frame before it (a seek when the next sampled
+    frame lies more than ``seek_gap`` frames past the last decoded one), so 8 segments of a long
+    video cost about 8 GOPs of decoding.
 
     Frames are sampled TSN-style (``uniform_indices``: segment centres for test, random for train)
     unless ``indices`` is given. Expects a stream without B-frames (``reencode_mpeg4``); future
@@ -194,87 +200,154 @@ def extract_compressed(
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0 or (idx < 0).any():
             raise ValueError(f"{path}: frame indices must be non-negative and non-empty, got {idx.tolist()}")
-    wanted = set(idx.tolist())
-    want_prev = {i - 1 for i in wanted}
-    last_wanted = max(wanted)
-    h, w = info.height, info.width
-    yy, xx = np.meshgrid(np.arange(h, dtype=np.int32), np.arange(w, dtype=np.int32), indexing="ij")
-    ident = np.stack([yy, xx], axis=-1)  # (H, W, 2) as (y, x)
-    out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
-    warned_b = False
-    with open_video(path) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.options = {"flags2": "+export_mvs"}
-        iframe_rgb, iframe_idx = None, -1
-        src_map = ident.copy()  # accumulated source of every pixel in the GOP's I-frame
-        prev_rgb, last_rgb, i = None, None, -1
-        for i, frame in enumerate(_decode_from(container, stream, path)):
-            if i > last_wanted:
-                break
-            intra = frame.key_frame or frame.pict_type == av.video.frame.PictureType.I
-            if frame.pict_type == av.video.frame.PictureType.B and not warned_b:
-                log.warning("%s: B-frames found; future references ignored (re-encode with reencode_mpeg4)", path)
-                warned_b = True
-            rgb = _rgb(frame) if (intra or i in wanted or i in want_prev) else None
-            if intra:
-                iframe_rgb, iframe_idx = rgb, i
-                src_map = ident.copy()
-                step = np.zeros_like(ident)
-            else:
-                sd = frame.side_data.get("MOTION_VECTORS")
-                step = rasterize_motion_vectors(sd.to_ndarray() if sd is not None else None, h, w)
-                if accumulate:
-                    q = _clip_to_frame(ident + step, h, w)
-                    src_map = src_map[q[..., 0], q[..., 1]]
-            if i in wanted:
-                if iframe_rgb is None:
-                    raise VideoReadError(path, f"frame {i} precedes the first I-frame")
-                if accumulate:
-                    ref, src, ref_idx = iframe_rgb, src_map, iframe_idx
-                elif prev_rgb is None:  # first frame of the stream: its own reference
-                    ref, src, ref_idx = rgb, ident, i
-                else:
-                    ref, src, ref_idx = prev_rgb, _clip_to_frame(ident + step, h, w), i - 1
-                residual = rgb.astype(np.int16) - ref[src[..., 0], src[..., 1]].astype(np.int16)
-                mv = (ident - src)[..., ::-1]  # (dx, dy) = position - source
-                out[i] = (iframe_rgb, mv.astype(np.int16), residual, ref_idx)
-            prev_rgb = rgb
-            last_rgb = rgb if rgb is not None else last_rgb
-    if not out:
-        raise VideoReadError(path, f"none of the frames {sorted(wanted)[:8]} could be decoded ({i + 1} decoded)")
-    missing = sorted(wanted - set(out))
+    out, end = _extract_visual(path, sorted(set(idx.tolist())), accumulate, info.height, info.width, seek_gap)
+    missing = sorted(set(idx.tolist()) - set(out))
     if missing:  # past the real end (over-reported length, clip longer than the video): pad
-        end = i  # index of the last decoded frame
         log.warning("%s: frames %s past the end of the stream (%d frames); padded with the last frame",
                     path, missing[:8], end + 1)
         if end not in out:
-            last = extract_compressed(path, indices=[end], accumulate=accumulate, audio=False)
-            out[end] = (last.iframe[0].transpose(1, 2, 0), last.mv[0].transpose(1, 2, 0),
-                        last.residual[0].transpose(1, 2, 0), int(last.reference_indices[0]))
+            out.update(_extract_visual(path, [end], accumulate, info.height, info.width, seek_gap)[0])
         for m in missing:
             out[m] = out[end]
-    iframe = np.stack([out[k][0] for k in idx.tolist()]).transpose(0, 3, 1, 2)
-    mv = np.stack([out[k][1] for k in idx.tolist()]).transpose(0, 3, 1, 2)
-    res = np.stack([out[k][2] for k in idx.tolist()]).transpose(0, 3, 1, 2)
+    iframe = np.stack([out[k][0] for k in idx.tolist()])
+    mv = np.stack([out[k][1] for k in idx.tolist()])
+    res = np.stack([out[k][2] for k in idx.tolist()])
     refs = np.array([out[k][3] for k in idx.tolist()], dtype=np.int64)
-    emb, logmel, has_audio = _audio(path, idx, info.fps, audio, audio_embedder)
+    emb, logmel, has_audio = _audio(path, idx, info.fps, audio and info.has_audio, audio_embedder, info.has_audio)
     return CompressedClip(
-        iframe=np.ascontiguousarray(iframe), mv=np.ascontiguousarray(mv), residual=np.ascontiguousarray(res),
+        iframe=iframe, mv=mv, residual=res,
         frame_indices=idx, reference_indices=refs, has_audio=has_audio, audio=emb, audio_logmel=logmel,
         fps=info.fps, num_frames=info.num_frames, accumulate=accumulate, path=path,
     )
 
 
-def _clip_to_frame(q: np.ndarray, h: int, w: int) -> np.ndarray:
-    return np.stack([np.clip(q[..., 0], 0, h - 1), np.clip(q[..., 1], 0, w - 1)], axis=-1)
+def _runs(wanted: list[int], gap: int, accumulate: bool) -> list[tuple[int, int]]:
+    """(first frame needed, last wanted) per run; without accumulation a frame also needs its predecessor."""
+    runs: list[tuple[int, int]] = []
+    for i in wanted:
+        first = i if accumulate else max(i - 1, 0)
+        if runs and first - runs[-1][1] <= gap:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((first, i))
+    return runs
 
 
-def _audio(path: str, idx: np.ndarray, fps: float, enabled: bool, embedder):
+class _Grid:
+    """Flat pixel bookkeeping: index = y * W + x."""
+
+    def __init__(self, h: int, w: int) -> None:
+        self.h, self.w = h, w
+        self.flat = np.arange(h * w, dtype=np.int32)
+        self.ys, self.xs = self.flat // w, self.flat % w
+
+    def sources(self, step: np.ndarray) -> np.ndarray:
+        """Flat source index of every pixel for per-pixel offsets ``step`` (H, W, 2) = (oy, ox), clipped."""
+        sy = np.clip(self.ys + step[..., 0].reshape(-1), 0, self.h - 1)
+        sx = np.clip(self.xs + step[..., 1].reshape(-1), 0, self.w - 1)
+        return sy * self.w + sx
+
+    def mv(self, src: np.ndarray) -> np.ndarray:
+        """(2, H, W) int16 (dx, dy) = position - source."""
+        sy, sx = np.divmod(src, self.w)
+        out = np.empty((2, self.h * self.w), dtype=np.int16)
+        np.subtract(self.xs, sx, out=out[0], casting="unsafe")
+        np.subtract(self.ys, sy, out=out[1], casting="unsafe")
+        return out.reshape(2, self.h, self.w)
+
+    def residual(self, rgb: np.ndarray, ref: np.ndarray, src: np.ndarray) -> np.ndarray:
+        """(3, H, W) int16 rgb - ref[source], both given planar (3, H * W) uint8."""
+        out = np.subtract(rgb, np.take(ref, src, axis=1), dtype=np.int16)
+        return out.reshape(3, self.h, self.w)
+
+
+def _planar(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) -> contiguous (3, H * W)."""
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1)).reshape(3, -1)
+
+
+def _extract_visual(path: str, wanted: list[int], accumulate: bool, h: int, w: int, seek_gap: int,
+                    use_seek: bool = True):
+    """Per wanted index: (iframe (3, H, W) uint8, mv (2, H, W), residual (3, H, W), reference index).
+
+    Returns that dict and the largest frame index decoded. Falls back to one pass from the start
+    when a seek lands after the wanted frame or off a key frame (imprecise demuxers).
+    """
+    if use_seek:
+        try:
+            return _extract_visual(path, wanted, accumulate, h, w, seek_gap, use_seek=None)
+        except _Reseek:
+            log.info("%s: imprecise seek; decoding from the start", path)
+            return _extract_visual(path, wanted, accumulate, h, w, seek_gap, use_seek=False)
+    seeking = use_seek is None
+    grid = _Grid(h, w)
+    out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
+    wanted_set = set(wanted)
+    end = -1
+    warned_b = False
+    with open_video(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.options = {"flags2": "+export_mvs"}
+        fps, tb = stream.average_rate or stream.guessed_rate, stream.time_base
+        start = stream.start_time or 0
+        by_count = fps is None or tb is None  # no timestamps: index frames by counting
+        runs = _runs(wanted, seek_gap, accumulate) if seeking and not by_count else [(0, wanted[-1])]
+        for first, last in runs:
+            if seeking and first > 0:
+                try:
+                    container.seek(start + int(first / fps / tb), backward=True, any_frame=False, stream=stream)
+                except av.FFmpegError as e:
+                    raise _Reseek() from e
+            iframe, iframe_idx, src, prev, counter, started = None, -1, grid.flat, None, 0, False
+            for frame in _decode_from(container, stream, path):
+                i = counter if (by_count or frame.pts is None) else int(round(float((frame.pts - start) * tb * fps)))
+                counter = i + 1
+                intra = frame.key_frame or frame.pict_type == av.video.frame.PictureType.I
+                if not started:
+                    if seeking and (i > first or not intra):  # imprecise seek: redo from the start
+                        raise _Reseek()
+                    started = True
+                end = max(end, i)
+                if i > last:
+                    break
+                if frame.pict_type == av.video.frame.PictureType.B and not warned_b:
+                    log.warning("%s: B-frames found; future references ignored (re-encode with reencode_mpeg4)", path)
+                    warned_b = True
+                need_rgb = intra or i in wanted_set or (i + 1) in wanted_set
+                rgb = _planar(to_rgb(frame)) if need_rgb else None
+                if intra:
+                    iframe, iframe_idx, step_src = rgb, i, grid.flat
+                    src = grid.flat
+                else:
+                    sd = frame.side_data.get("MOTION_VECTORS")
+                    step_src = grid.sources(rasterize_motion_vectors(sd.to_ndarray() if sd is not None else None, h, w))
+                    if accumulate:
+                        src = src[step_src]
+                if i in wanted_set and i not in out:
+                    if iframe is None:
+                        raise VideoReadError(path, f"frame {i} precedes the first I-frame")
+                    if accumulate:
+                        ref, s_, ref_idx = iframe, src, iframe_idx
+                    elif prev is None:  # the stream's first frame: its own reference
+                        ref, s_, ref_idx = rgb, grid.flat, i
+                    else:
+                        ref, s_, ref_idx = prev, step_src, i - 1
+                    out[i] = (iframe.reshape(3, h, w), grid.mv(s_),
+                              grid.residual(rgb, ref, s_), ref_idx)
+                prev = rgb
+    return out, end
+
+
+class _Reseek(Exception):
+    """The seek landed after the wanted frame or not on a key frame."""
+
+
+def _audio(path: str, idx: np.ndarray, fps: float, enabled: bool, embedder, has_audio: bool):
     from videoformer.data import audio as audio_mod
 
     t = len(idx)
     if not enabled:
-        return np.zeros((t, 128), np.float32), None, audio_mod.has_audio_stream(path)
+        return np.zeros((t, 128), np.float32), None, has_audio
     feats = audio_mod.frame_aligned_logmel(path, idx / fps)
     if feats is None:
         return np.zeros((t, 128), np.float32), None, False

