@@ -185,6 +185,10 @@ def test_multiclip_test_views(tmp_path, src):
     views, _ = ds[0]
     assert views.shape == (3, 3, 4, 48, 64)
     assert not torch.equal(views[0], views[2])
+    ds.transform = VideoTransform(size=32, train=False, three_crop=True)
+    grid, _ = ds[0]
+    assert grid.shape == (9, 3, 4, 32, 32)  # 3 temporal clips x (left, centre, right)
+    assert not torch.equal(grid[0], grid[2]) and not torch.equal(grid[0], grid[3])
 
 
 def test_compressed_dataset_with_loader(tmp_path, src):

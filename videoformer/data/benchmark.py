@@ -37,6 +37,7 @@ def _flow_all(path: str, cv2) -> int:
     """RGB decode of every frame + Farneback flow between consecutive frames; returns #flows."""
     prev, n = None, 0
     with open_video(path) as c:
+        c.streams.video[0].thread_type, c.streams.video[0].thread_count = "SLICE", 1
         for f in _decode_from(c, c.streams.video[0], path):
             gray = cv2.cvtColor(to_rgb(f), cv2.COLOR_RGB2GRAY)
             if prev is not None:
@@ -106,6 +107,7 @@ def bench_rgb(work: Path, repeat: int = 3, clips: int = 20) -> list[str]:
             for idx in idx_list:
                 want = set(idx.tolist())
                 with open_video(path) as c:
+                    c.streams.video[0].thread_type, c.streams.video[0].thread_count = "SLICE", 1  # as read_clip
                     for i, f in enumerate(_decode_from(c, c.streams.video[0], path)):
                         if i in want:
                             to_rgb(f)

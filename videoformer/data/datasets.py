@@ -108,7 +108,8 @@ class VideoDataset(_SkippingDataset):
 
     ``sampler="uniform"``: TSN segments (``num_frames`` of them); ``"dense"``: ``num_frames`` frames
     ``stride`` apart. Test mode with ``num_clips > 1`` returns all temporal clips stacked (K, 3, T, H, W)
-    (or transformed) for multi-view evaluation; spatial three-crop is the transform's job.
+    (or transformed) for multi-view evaluation; with ``VideoTransform(three_crop=True)`` the K x 3
+    views come flattened, clip-major: (K * 3, 3, T, size, size).
     """
 
     def __init__(self, records: Sequence[VideoRecord], num_frames: int = 8, sampler: Literal["uniform", "dense"] = "dense",
@@ -136,6 +137,8 @@ class VideoDataset(_SkippingDataset):
         views = frames.reshape(clips, self.num_frames, *frames.shape[1:]).permute(0, 4, 1, 2, 3)  # (K, 3, T, H, W)
         if self.transform is not None:
             views = torch.stack([self.transform(v, rng) for v in views])
+            if views.dim() == 6:  # transform made spatial views: (K, S, 3, T, h, w) -> (K * S, 3, T, h, w)
+                return views.flatten(0, 1), _label(record)
         return (views[0] if clips == 1 else views), _label(record)
 
 

@@ -241,7 +241,8 @@ class VideoTransform:
     """RGB clip pipeline on uint8 (C, T, H, W) -> float normalised (C, T, size, size).
 
     Train: scale jitter (``min_scale``-``max_scale`` of the short side, ViViT) or random resized crop,
-    flip, optional colour jitter and RandAugment. Test: short-side scale to ``size`` then centre crop.
+    flip, optional colour jitter and RandAugment. Test: short-side scale to ``size`` then centre crop,
+    or with ``three_crop=True`` left / centre / right crops stacked as (3, C, T, size, size).
     """
 
     size: int = 224
@@ -253,6 +254,7 @@ class VideoTransform:
     color_jitter_prob: float = 0.0
     randaug_layers: int = 0
     randaug_magnitude: int = 15
+    three_crop: bool = False
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -274,6 +276,9 @@ class VideoTransform:
                 x = color_jitter(x, rng)
             if self.randaug_layers:
                 x = rand_augment(x, rng, self.randaug_layers, self.randaug_magnitude)
+        elif self.three_crop:
+            views = three_crop(short_side_scale(clip, self.size), self.size)
+            return torch.stack([normalize(v.float() / 255.0, self.mean, self.std, channel_dim=0) for v in views])
         else:
             x = center_crop(short_side_scale(clip, self.size), self.size).float() / 255.0
         return normalize(x, self.mean, self.std, channel_dim=0)

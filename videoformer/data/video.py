@@ -12,6 +12,7 @@ Samplers (``videoformer.data.sampling``) never ask for such indices given a corr
 
 from __future__ import annotations
 
+import bisect
 import gc
 import logging
 import math
@@ -192,8 +193,10 @@ def read_clip(
     """Decode the frames at presentation ``indices`` (any order, repeats allowed).
 
     Returns uint8 RGB of shape (T, H, W, 3) with ``T == len(indices)``, in the order asked.
-    Consecutive wanted frames closer than ``max_gap`` (default: one second of frames) are decoded in
-    one pass; farther ones trigger a new seek to the preceding key frame. Indices past the real end
+    The key frames around the wanted range are found by demuxing packets (no decoding); the decoder
+    then seeks to the key frame before a wanted frame only when that skips frames, and otherwise
+    decodes on. With ``max_gap`` set (or without packet timestamps), a new seek happens instead
+    whenever the next wanted frame is more than ``max_gap`` frames ahead. Indices past the real end
     are padded with the last decoded frame (see module docstring).
 
     Raises :class:`VideoReadError` naming ``path`` for unreadable files and ``ValueError`` for
@@ -211,8 +214,12 @@ def read_clip(
     last: list = []  # [index, frame] of the latest decoded frame
     with open_video(path) as container:
         stream, fps, tb, start = _prepare(container, path, threads)
-        gap = max_gap if max_gap is not None else max(1, int(round(float(fps))))
-        for first, final in _runs(wanted, gap):
+        keys = None if max_gap is not None else _keyframes_between(container, stream, fps, tb, start, wanted)
+        if keys:
+            runs = _keyframe_runs(wanted, keys)
+        else:
+            runs = _runs(wanted, max_gap if max_gap is not None else max(1, int(round(float(fps)))))
+        for first, final in runs:
             target = start + int(math.floor(first / fps / tb))
             try:
                 container.seek(target, backward=True, any_frame=False, stream=stream)
@@ -231,6 +238,40 @@ def read_clip(
     if not got and not last:
         raise VideoReadError(path, "no frame could be decoded")
     return _assemble(path, idx, got, last)
+
+
+def _keyframes_between(container, stream, fps, tb, start, wanted: list[int]) -> list[int] | None:
+    """Presentation indices of the key frames from the one before ``wanted[0]`` to ``wanted[-1]``,
+    read by demuxing packets only (no decoding, and not the whole file). None if unavailable."""
+    try:
+        container.seek(start + int(math.floor(wanted[0] / fps / tb)), backward=True, any_frame=False, stream=stream)
+        keys = []
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.pts is None:
+                continue
+            i = int(round(float((packet.pts - start) * tb * fps)))
+            if packet.is_keyframe:
+                keys.append(i)
+            ts = packet.dts if packet.dts is not None else packet.pts
+            if int(round(float((ts - start) * tb * fps))) > wanted[-1]:
+                break
+    except av.FFmpegError:
+        return None
+    return sorted(keys) or None
+
+
+def _keyframe_runs(wanted: list[int], keys: list[int]) -> list[tuple[int, int]]:
+    """Group wanted frames into decode runs: seek only when the key frame before the next wanted
+    frame lies beyond the current run (seeking then decodes strictly fewer frames)."""
+    runs: list[tuple[int, int]] = []
+    for t in wanted:
+        pos = bisect.bisect_right(keys, t) - 1
+        key = keys[pos] if pos >= 0 else 0
+        if runs and key <= runs[-1][1]:
+            runs[-1] = (runs[-1][0], t)
+        else:
+            runs.append((t, t))
+    return runs
 
 
 def _prepare(container, path: str, threads: int):
