@@ -145,3 +145,14 @@ def test_sparse_sampling_seeks_per_gop_and_matches_one_pass(bikes, monkeypatch):
         decoded.clear()
         for name in ("iframe", "mv", "residual", "reference_indices"):
             np.testing.assert_array_equal(getattr(seeking, name), getattr(one_pass, name))
+
+
+def test_h264_with_bframes_warns_and_keeps_identity(caplog):
+    """Not the prescribed input (re-encode first), but it must not fail: identity still exact."""
+    with caplog.at_level("WARNING", logger="videoformer.data.compressed"):
+        clip = extract_compressed(skd.bikes(), indices=[5, 41], audio=False)
+    assert "B-frames" in caplog.text
+    decoded = read_all_frames(skd.bikes()).transpose(0, 3, 1, 2).astype(np.int32)
+    for k, i in enumerate(clip.frame_indices):
+        np.testing.assert_array_equal(_reconstruct(clip.iframe[k], clip.mv[k], clip.residual[k]), decoded[i])
+    np.testing.assert_array_equal(clip.reference_indices, [0, 30])  # bikes.mp4 key frames: 0, 30, 76, ...
