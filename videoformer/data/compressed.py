@@ -143,30 +143,34 @@ def rasterize_motion_vectors(mvs: np.ndarray | None, height: int, width: int) ->
     to the nearest pel (``src_x`` is truncated by FFmpeg, so it is not used). Pixels of intra blocks
     and of blocks without a vector get offset 0. Block (w, h) is centred on (dst_x, dst_y).
     """
-    cell = _CELL
+    cell = 16
     if mvs is not None and len(mvs):
         mvs = mvs[mvs["source"] < 0]
     if mvs is not None and len(mvs):
-        oy = np.floor(mvs["motion_y"] / mvs["motion_scale"] + 0.5).astype(np.int32)
-        ox = np.floor(mvs["motion_x"] / mvs["motion_scale"] + 0.5).astype(np.int32)
-        x0 = mvs["dst_x"].astype(np.int64) - mvs["w"] // 2
-        y0 = mvs["dst_y"].astype(np.int64) - mvs["h"] // 2
-        # the coarsest cell that every block is made of (16 for MPEG-4 without 4MV): fewer writes
-        cell = int(np.gcd.reduce(np.concatenate([x0, y0, mvs["w"], mvs["h"], [16]]).astype(np.int64)))
+        bw, bh = mvs["w"].astype(np.int64), mvs["h"].astype(np.int64)
+        scale = mvs["motion_scale"].astype(np.float64)
+        oy = np.floor(mvs["motion_y"] / scale + 0.5).astype(np.int32)
+        ox = np.floor(mvs["motion_x"] / scale + 0.5).astype(np.int32)
+        x0 = mvs["dst_x"].astype(np.int64) - bw // 2
+        y0 = mvs["dst_y"].astype(np.int64) - bh // 2
+        # the coarsest power-of-two cell every block is made of (16 for MPEG-4 without 4MV)
+        bits = int(np.bitwise_or.reduce(x0 | y0 | bw | bh)) | 16
+        cell = bits & -bits
         if cell % _CELL:
             raise ValueError("motion-vector blocks not on a 4-pel grid")
     gh, gw = -(-height // 16) * 16 // cell + 64 // cell, -(-width // 16) * 16 // cell + 64 // cell
     grid = np.zeros((gh, gw, 2), dtype=np.int32)
     if mvs is not None and len(mvs):
         cx, cy = x0 // cell, y0 // cell
-        for bw, bh in {(int(a), int(b)) for a, b in zip(mvs["w"], mvs["h"])}:
-            sel = (mvs["w"] == bw) & (mvs["h"] == bh)
-            for dy in range(bh // cell):
-                for dx in range(bw // cell):
-                    yy = np.clip(cy[sel] + dy, 0, gh - 1)
-                    xx = np.clip(cx[sel] + dx, 0, gw - 1)
-                    grid[yy, xx, 0] = oy[sel]
-                    grid[yy, xx, 1] = ox[sel]
+        if (bw == cell).all() and (bh == cell).all():  # one cell per block: a single scatter
+            grid[np.clip(cy, 0, gh - 1), np.clip(cx, 0, gw - 1)] = np.stack([oy, ox], axis=1)
+        else:
+            for w_, h_ in set(zip(bw.tolist(), bh.tolist())):
+                sel = (bw == w_) & (bh == h_)
+                val = np.stack([oy[sel], ox[sel]], axis=1)
+                for dy in range(h_ // cell):
+                    for dx in range(w_ // cell):
+                        grid[np.clip(cy[sel] + dy, 0, gh - 1), np.clip(cx[sel] + dx, 0, gw - 1)] = val
     return np.repeat(np.repeat(grid, cell, axis=0), cell, axis=1)[:height, :width]
 
 
