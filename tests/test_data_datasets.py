@@ -205,3 +205,18 @@ def test_compressed_dataset_with_loader(tmp_path, src):
     raw = CompressedVideoDataset(records[:1], num_segments=4, train=False, audio=False)[0]
     assert raw["iframe"].dtype == torch.uint8 and raw["mv"].dtype == torch.int16
     np.testing.assert_array_equal(raw["frame_indices"].numpy(), [2, 7, 12, 17])
+
+
+def test_compressed_batch_feeds_mmvit(tmp_path, src):
+    """End to end: re-encode -> CompressedVideoDataset -> DataLoader -> MM-ViT (tiny) logits."""
+    registry = pytest.importorskip("videoformer.models.registry")
+    from videoformer.data.annotations import VideoRecord
+
+    path = reencode_mpeg4(src, tmp_path / "c.mp4", size=(64, 48))
+    ds = CompressedVideoDataset([VideoRecord(path, 3)] * 2, num_segments=4, train=True, seed=0,
+                                transform=CompressedTransform(size=32, train=True))
+    batch = next(iter(DataLoader(ds, batch_size=2)))
+    model = registry.create_model("mmvit_tiny_merged")
+    logits = model(batch)
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits, batch["label"]).backward()

@@ -120,7 +120,8 @@ def random_resized_crop_params(h: int, w: int, rng: np.random.Generator, scale=(
 def scale_jitter_crop_params(h: int, w: int, size: int, rng: np.random.Generator,
                              min_scale: float = 0.9, max_scale: float = 1.33) -> tuple[int, int, int, int]:
     """ViViT scale jitter (Table 7: 0.9-1.33) + random crop: the box (in input pixels) that, resized to
-    ``size``, equals scaling the short side to ``size * s`` then cropping ``size`` at random."""
+    ``size``, equals scaling the short side to ``size * s`` then cropping ``size`` at random.
+    Scales below 1 (a box larger than the short side) are clipped to the whole short side (no padding)."""
     s = rng.uniform(min_scale, max_scale)
     side = min(h, w) / s  # crop side in input pixels
     side = int(min(round(side), h, w))
