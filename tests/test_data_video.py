@@ -164,3 +164,16 @@ def test_errors_pickle_across_processes():
     for err in (VideoReadError("/x/a.mp4", "empty file"), AnnotationError("/x/l.csv", "line 3: bad")):
         back = pickle.loads(pickle.dumps(err))
         assert type(back) is type(err) and back.path == err.path and str(back) == str(err)
+
+
+def test_read_clip_scales_while_decoding():
+    import torch
+
+    from videoformer.data.transforms import resize
+
+    path = skd.bigbuckbunny()  # 1280x720
+    small = read_clip(path, [0, 60], short_side=128)
+    assert small.shape == (2, 128, 228, 3) and small.dtype == np.uint8
+    full = torch.from_numpy(read_clip(path, [0, 60])).permute(0, 3, 1, 2)
+    ref = resize(full, (128, 228)).permute(0, 2, 3, 1).numpy().astype(np.int32)
+    assert np.abs(small.astype(np.int32) - ref).mean() < 4.0  # same picture, swscale area vs torch antialias

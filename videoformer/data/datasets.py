@@ -108,15 +108,16 @@ class VideoDataset(_SkippingDataset):
 
     ``sampler="uniform"``: TSN segments (``num_frames`` of them); ``"dense"``: ``num_frames`` frames
     ``stride`` apart. Test mode with ``num_clips > 1`` returns all temporal clips stacked (K, 3, T, H, W)
-    (or transformed) for multi-view evaluation; with ``VideoTransform(three_crop=True)`` the K x 3
+    (or transformed) for multi-view evaluation; ``short_side`` scales frames while decoding. With ``VideoTransform(three_crop=True)`` the K x 3
     views come flattened, clip-major: (K * 3, 3, T, size, size).
     """
 
     def __init__(self, records: Sequence[VideoRecord], num_frames: int = 8, sampler: Literal["uniform", "dense"] = "dense",
                  stride: int = 4, train: bool = True, num_clips: int = 1,
                  transform: Callable[[torch.Tensor, np.random.Generator], torch.Tensor] | None = None,
-                 overflow: Literal["pad", "loop"] = "pad", **kw) -> None:
+                 overflow: Literal["pad", "loop"] = "pad", short_side: int | None = None, **kw) -> None:
         super().__init__(records, **kw)
+        self.short_side = short_side
         if sampler not in ("uniform", "dense"):
             raise ValueError(f"sampler must be 'uniform' or 'dense', got {sampler!r}")
         self.num_frames, self.sampler, self.stride = num_frames, sampler, stride
@@ -133,7 +134,7 @@ class VideoDataset(_SkippingDataset):
         lo, hi = _frame_range(record, info.num_frames, info.fps)
         clips = 1 if self.train else self.num_clips
         idx = np.stack([lo + self.clip_indices(hi - lo, rng, k) for k in range(clips)])  # (K, T)
-        frames = torch.from_numpy(read_clip(record.path, idx.reshape(-1)))  # (K*T, H, W, 3)
+        frames = torch.from_numpy(read_clip(record.path, idx.reshape(-1), short_side=self.short_side))  # (K*T, H, W, 3)
         views = frames.reshape(clips, self.num_frames, *frames.shape[1:]).permute(0, 4, 1, 2, 3)  # (K, 3, T, H, W)
         if self.transform is not None:
             views = torch.stack([self.transform(v, rng) for v in views])

@@ -50,14 +50,27 @@ class VideoInfo:
     num_frames_exact: bool = False
 
 
-def to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    """uint8 RGB (H, W, 3) of a decoded frame, converted single-threaded.
+def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of a decoded frame, converted single-threaded; ``size`` = (width, height)
+    rescales in the same swscale pass (area filter when shrinking).
 
     PyAV's default (``threads=0``) gives every frame's swscale context its own slice threads: slow
     for small frames, and a forked DataLoader worker that garbage-collects such a context inherited
     from its parent waits forever to join threads that do not exist in the child.
     """
-    return frame.to_ndarray(format="rgb24", threads=1)
+    if size is None or (size[0] == frame.width and size[1] == frame.height):
+        return frame.to_ndarray(format="rgb24", threads=1)
+    shrink = size[0] < frame.width
+    return frame.to_ndarray(format="rgb24", width=size[0], height=size[1], threads=1,
+                            interpolation="AREA" if shrink else "BILINEAR")
+
+
+def short_side_size(width: int, height: int, short_side: int | None) -> tuple[int, int] | None:
+    """(width, height) with the shorter side scaled to ``short_side`` (None: keep)."""
+    if short_side is None:
+        return None
+    scale = short_side / min(width, height)
+    return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
 
 
 def _collect_before_fork() -> None:
@@ -189,8 +202,12 @@ def read_clip(
     indices: Sequence[int] | np.ndarray,
     max_gap: int | None = None,
     threads: int = 1,
+    short_side: int | None = None,
 ) -> np.ndarray:
     """Decode the frames at presentation ``indices`` (any order, repeats allowed).
+
+    ``short_side`` rescales frames while converting to RGB (one swscale pass, cheaper than decoding
+    HD frames to full-size RGB and resizing later).
 
     Returns uint8 RGB of shape (T, H, W, 3) with ``T == len(indices)``, in the order asked.
     The key frames around the wanted range are found by demuxing packets (no decoding); the decoder
@@ -214,6 +231,7 @@ def read_clip(
     last: list = []  # [index, frame] of the latest decoded frame
     with open_video(path) as container:
         stream, fps, tb, start = _prepare(container, path, threads)
+        size = short_side_size(stream.codec_context.width, stream.codec_context.height, short_side)
         keys = None if max_gap is not None else _keyframes_between(container, stream, fps, tb, start, wanted)
         if keys:
             runs = _keyframe_runs(wanted, keys)
@@ -226,7 +244,7 @@ def read_clip(
             except av.FFmpegError:
                 landed = None  # cannot seek: decode sequentially below
             else:
-                landed = _decode_run(container, stream, path, fps, tb, start, first, final, wanted, got, last)
+                landed = _decode_run(container, stream, path, fps, tb, start, first, final, wanted, got, last, size)
             if landed is None or landed > first:
                 break  # imprecise seek (e.g. MPEG-TS) or no index: one sequential pass instead
         else:
@@ -234,10 +252,10 @@ def read_clip(
     if landed is None or landed > wanted[0] or any(i not in got for i in wanted if i <= (last[0] if last else -1)):
         with open_video(path) as container:  # fresh demuxer, no seek: decode from the start
             stream, fps, tb, start = _prepare(container, path, threads)
-            _decode_run(container, stream, path, fps, tb, start, 0, wanted[-1], wanted, got, last)
+            _decode_run(container, stream, path, fps, tb, start, 0, wanted[-1], wanted, got, last, size)
     if not got and not last:
         raise VideoReadError(path, "no frame could be decoded")
-    return _assemble(path, idx, got, last)
+    return _assemble(path, idx, got, last, size)
 
 
 def _keyframes_between(container, stream, fps, tb, start, wanted: list[int]) -> list[int] | None:
@@ -284,7 +302,7 @@ def _prepare(container, path: str, threads: int):
     return stream, fps, tb, _start_pts(stream)
 
 
-def _decode_run(container, stream, path, fps, tb, start, first, final, wanted, got, last) -> int | None:
+def _decode_run(container, stream, path, fps, tb, start, first, final, wanted, got, last, size=None) -> int | None:
     """Decode from the current position until index ``final``; collect wanted frames into ``got``.
 
     Returns the index of the first decoded frame (None if nothing decoded). Stops at once, collecting
@@ -301,7 +319,7 @@ def _decode_run(container, stream, path, fps, tb, start, first, final, wanted, g
             if i > first:
                 return i
         if i in wanted_set and i not in got:
-            got[i] = to_rgb(frame)
+            got[i] = to_rgb(frame, size)
         if not last or i >= last[0]:
             last[:] = [i, frame]
         if i >= final:
@@ -309,10 +327,10 @@ def _decode_run(container, stream, path, fps, tb, start, first, final, wanted, g
     return first_seen
 
 
-def _assemble(path: str, idx: np.ndarray, got: dict[int, np.ndarray], last) -> np.ndarray:
+def _assemble(path: str, idx: np.ndarray, got: dict[int, np.ndarray], last, size=None) -> np.ndarray:
     """Order frames as asked; pad missing indices with the nearest earlier decoded frame."""
     if last and last[0] not in got:
-        got[last[0]] = to_rgb(last[1])
+        got[last[0]] = to_rgb(last[1], size)
     keys = np.array(sorted(got))
     missing = sorted({int(i) for i in idx.tolist()} - set(got))
     if missing:
