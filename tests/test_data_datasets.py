@@ -220,3 +220,21 @@ def test_compressed_batch_feeds_mmvit(tmp_path, src):
     logits = model(batch)
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
     torch.nn.functional.cross_entropy(logits, batch["label"]).backward()
+
+
+def test_rgb_batch_feeds_vivit_and_mixup(tmp_path, src):
+    """End to end: folder dataset -> VideoDataset + VideoTransform -> DataLoader -> Mixup -> ViViT (tiny)."""
+    registry = pytest.importorskip("videoformer.models.registry")
+    from videoformer.data.mixup import Mixup
+
+    _put(src, tmp_path / "d" / "a" / "x.mp4", tmp_path / "d" / "b" / "y.mp4")
+    ds = VideoDataset(read_folder(tmp_path / "d").records, num_frames=4, stride=2, train=True, seed=0,
+                      transform=VideoTransform(size=32, train=True, randaug_layers=2))
+    x, y = next(iter(DataLoader(ds, batch_size=2)))
+    x, soft = Mixup(num_classes=10, mixup_alpha=0.3, cutmix_alpha=0.0, label_smoothing=0.3)(x, y)
+    model = registry.create_model("vivit_tiny_fe")
+    logits = model(x)  # (B, C, T, H, W) as the models take it
+    assert logits.shape == (2, 10)
+    loss = torch.sum(-soft * torch.log_softmax(logits, -1), -1).mean()
+    loss.backward()
+    assert torch.isfinite(loss)
