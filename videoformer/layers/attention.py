@@ -9,7 +9,7 @@ one head group over all axes is joint attention, one over ``(h, w)`` is spatial 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from torch import nn
 from .grid import Grid, Grouping
 
 _FUSED = True
+_RECORDERS: list[Callable[[torch.Tensor], None]] = []
 
 
 @contextlib.contextmanager
@@ -32,12 +33,25 @@ def fused_attention(enabled: bool) -> Iterator[None]:
         _FUSED = previous
 
 
+@contextlib.contextmanager
+def record_attention(callback: Callable[[torch.Tensor], None]) -> Iterator[None]:
+    """Inside the block, every :func:`attend` call takes the manual path and passes its softmax weights
+    ``(B, heads, L_q, L_k)`` (before dropout) to ``callback`` (attention rollout)."""
+    _RECORDERS.append(callback)
+    try:
+        yield
+    finally:
+        _RECORDERS.remove(callback)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(Q Kᵀ / √d_k) V (ViViT Eq. 7) on ``(B, heads, L, d)`` tensors."""
-    if _FUSED:
+    if _FUSED and not _RECORDERS:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    weights = F.dropout(weights.softmax(dim=-1), p=dropout_p)
+    weights = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+    for callback in _RECORDERS:
+        callback(weights)
+    weights = F.dropout(weights, p=dropout_p)
     return weights @ v
 
 

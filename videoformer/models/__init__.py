@@ -16,3 +16,6 @@ __all__ += ["CrossFrameAttention", "MSCA", "MSCAConfig", "TokenShift", "TokenShi
 from .mvit import CubeEmbed, MultiscaleBlock, MViT, MViTConfig  # noqa: E402
 
 __all__ += ["CubeEmbed", "MViT", "MViTConfig", "MultiscaleBlock"]
+from .mmvit import MMViT, CoAttention, ConvAttention, MMViTConfig, ShiftMerge, init_mmvit_from_image  # noqa: E402
+
+__all__ += ["CoAttention", "ConvAttention", "MMViT", "MMViTConfig", "ShiftMerge", "init_mmvit_from_image"]

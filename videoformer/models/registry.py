@@ -130,3 +130,10 @@ register("mvit_b16_image", MViTConfig, MViT, "MViT", num_frames=1, cube_kernel=(
 register("mvit_tiny", MViTConfig, MViT, "MViT", dim=16, stage_depths=(1, 2, 2), kv_stride=(1, 4, 4),
          img_size=32, num_frames=4, num_classes=10)
 register("vit_b16_joint_baseline", ViViTConfig, ViViT, "MViT", **BACKBONES["b"], model=1, tubelet_t=1, num_frames=8)
+
+# MM-ViT (Chen & Ho, 2022), Table 1: variants I-IV on compressed video (UCF-101: 101 classes, 8 frames).
+from .mmvit import VARIANTS as _MMVIT_VARIANTS, MMViT, MMViTConfig  # noqa: E402
+
+for _variant in _MMVIT_VARIANTS:
+    register(f"mmvit_b16_{_variant}", MMViTConfig, MMViT, "MM-ViT", **BACKBONES["b"], variant=_variant)
+    register(f"mmvit_tiny_{_variant}", MMViTConfig, MMViT, "MM-ViT", **TINY, variant=_variant)
