@@ -112,6 +112,11 @@ def test_vggish_loads_torchvggish_state_dict(tmp_path, caplog, monkeypatch):
     with torch.no_grad():
         q = A.load_vggish(pth, postprocess=True)(x)
     assert q.min() >= 0 and q.max() <= 255 and torch.equal(q, q.round())
+    np.savez(tmp_path / "vggish_pca_params.npz", pca_eigen_vectors=np.eye(128) * 0.5, pca_means=np.zeros((128, 1)))
+    torch.save(sd, pth)
+    with torch.no_grad():
+        q2 = A.load_vggish(pth, postprocess=True, pca_params=tmp_path / "vggish_pca_params.npz")(x)
+    torch.testing.assert_close(q2, torch.round((0.5 * out).clamp(-2, 2) * 255 / 4 + 127.5))
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="bad.pth"):
         A.load_vggish(tmp_path / "bad.pth")

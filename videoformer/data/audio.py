@@ -174,18 +174,36 @@ class VGGish(nn.Module):
         return x
 
 
-def load_vggish(path: str | os.PathLike, postprocess: bool = False) -> VGGish:
-    """Build :class:`VGGish` from a local torchvggish-format file (.pth / .pt via ``weights_only``, or
-    .safetensors). PCA parameters are read from ``pproc.*`` / ``pca_*`` keys when present."""
-    path = os.fspath(path)
+def _load_tensors(path: str) -> dict:
+    """Tensors from .safetensors, .npz (``allow_pickle=False``) or .pth/.pt (``weights_only=True``)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: VGGish weights not found")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+        raise FileNotFoundError(f"{path}: VGGish weights / PCA parameters not found")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        sd = load_file(path)
-    else:
+            return dict(load_file(path))
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                return {k: torch.from_numpy(z[k]) for k in z.files}
         sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any loader failure: name the file
+        raise ValueError(f"{path}: cannot read tensors ({type(e).__name__}: {e})") from e
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path}: expected a dict of tensors, got {type(sd).__name__}")
+    return sd
+
+
+def load_vggish(path: str | os.PathLike, postprocess: bool = False, pca_params: str | os.PathLike | None = None
+                ) -> VGGish:
+    """Build :class:`VGGish` from a local torchvggish-format state dict (.pth / .pt via ``weights_only``,
+    .safetensors or .npz). PCA parameters (``pca_eigen_vectors`` (128, 128), ``pca_means`` (128,)) come
+    from ``pproc.*`` / ``pca_*`` keys of that file or from ``pca_params`` (e.g. the TF release's
+    ``vggish_pca_params.npz``)."""
+    path = os.fspath(path)
+    sd = _load_tensors(path)
+    if pca_params is not None:
+        sd.update({f"pproc.{k}": v for k, v in _load_tensors(os.fspath(pca_params)).items()})
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     fc1 = sd.get("embeddings.0.weight")
     model = VGGish(postprocess=postprocess, hidden=int(fc1.shape[0]) if fc1 is not None and fc1.dim() == 2 else 4096)
