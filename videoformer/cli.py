@@ -1,6 +1,8 @@
-"""The ``videoformer`` command: ``info`` (parameters and GMACs of a registered model), ``list`` (model names).
+"""The ``videoformer`` command: ``info`` (parameters and GMACs of a registered model), ``list`` (model names),
+``train`` (a YAML config with ``key=value`` overrides), ``eval`` (multi-view testing of a run or checkpoint),
+``predict`` (class scores of video files).
 
-Later subcommands (``train``, ``eval``, ``demo``) add a parser in :func:`build_parser` and a handler.
+Later subcommands (``demo``) add a parser in :func:`build_parser` and a handler.
 """
 from __future__ import annotations
 
@@ -45,6 +47,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or resume) the run of a config file; configuration errors stop before the first step."""
+    from .engine import ConfigError, TrainingDiverged, load_config, train
+
+    try:
+        train(load_config(args.config, args.overrides))
+    except TrainingDiverged as err:
+        print(f"videoformer train: {err}", file=sys.stderr)
+        return 3
+    except (ConfigError, ValueError) as err:  # config, annotation, checkpoint and model errors are ValueErrors
+        print(f"videoformer train: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videoformer", description="Video transformers: model info and tools.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -60,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="registered model names")
     lst.add_argument("pattern", nargs="?", default="*", help="shell pattern or substring, e.g. 'vivit_*'")
     lst.set_defaults(handler=cmd_list)
+
+    tr = sub.add_parser("train", help="train a model from a YAML config (resumes from OUTPUT_DIR/checkpoints/last.pt)")
+    tr.add_argument("config", help="YAML file, e.g. configs/vivit_b_fe_k400.yaml")
+    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=0.01")
+    tr.set_defaults(handler=cmd_train)
     return parser
 
 

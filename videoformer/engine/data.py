@@ -1,0 +1,143 @@
+"""Datasets of a run from its :class:`DataConfig`, through the data module's readers, datasets and transforms.
+
+Training samples carry how many unreadable videos were skipped to produce them (counted in the worker that
+skipped them); evaluation never substitutes a sample: an unreadable video is left out and counted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..data import (Annotations, VideoDataset, VideoReadError, VideoRecord, VideoTransform, read_csv,
+                    read_epic_kitchens, read_folder, read_hmdb51, read_kinetics, read_ssv2, read_ucf101)
+from ..data.transforms import center_crop, normalize, short_side_scale, three_crop
+from .config import Config, ConfigError, DataConfig
+
+
+def _resolve(root: Path, spec: str) -> Path:
+    p = Path(spec)
+    return p if p.is_absolute() else root / p
+
+
+def read_split(data: DataConfig, split: str, classes: list[str] | None = None) -> Annotations:
+    """Annotations of ``split`` ("train" or "val") in the configured format; paths are checked up front."""
+    root = Path(data.root)
+    if not root.is_dir():
+        raise ConfigError(f"data.root: dataset folder {root} does not exist")
+    spec = getattr(data, split)
+    annotations = Path(data.annotations) if data.annotations else root
+    fmt = data.format
+    if fmt in ("ucf101", "hmdb51"):
+        try:
+            number = int(spec)
+        except ValueError:
+            raise ConfigError(f"data.{split}: {fmt} takes a split number 1-3, got {spec!r}") from None
+        reader = read_ucf101 if fmt == "ucf101" else read_hmdb51
+        ann = reader(annotations, root, split=number, train=split == "train")
+    elif fmt == "kinetics":
+        ann = read_kinetics(_resolve(root, spec), root, classes)
+    elif fmt == "ssv2":
+        labels = annotations if annotations.suffix == ".json" else annotations / "labels.json"
+        ann = read_ssv2(labels, _resolve(root, spec), root)
+    elif fmt == "epic":
+        ann = read_epic_kitchens(_resolve(root, spec), root)
+    elif fmt == "csv":
+        ann = read_csv(_resolve(root, spec), root, classes)
+    else:
+        ann = read_folder(_resolve(root, spec))
+    if not ann.records:
+        raise ConfigError(f"data.{split}: no readable records in {ann.source or spec} "
+                          f"({ann.missing} listed videos missing)")
+    return ann
+
+
+def head_sizes(classes: list[str] | dict[str, list[str]]) -> list[int]:
+    """Classifier outputs per head: one head, or Epic-Kitchens verb and noun heads on one model."""
+    if isinstance(classes, dict):
+        return [len(v) for v in classes.values()]
+    return [len(classes)]
+
+
+def check_labels(ann: Annotations, heads: Sequence[int], split: str) -> None:
+    """Every label inside its head's class list (a label outside the list fails before training)."""
+    for r in ann.records:
+        labels = r.label if isinstance(r.label, tuple) else (r.label,)
+        if len(labels) != len(heads) or any(not 0 <= l < n for l, n in zip(labels, heads)):
+            raise ConfigError(f"data.{split}: {r.path}: label {r.label} outside the class list "
+                              f"(heads of {list(heads)} classes)")
+
+
+@dataclass
+class EvalTransform:
+    """Test views of a uint8 (3, T, H, W) clip: short side to ``size``, then 1 centre or 3 crops along the
+    longer side (ViViT §4.1) -> normalised (S, 3, T, size, size)."""
+
+    size: int
+    num_crops: int = 1
+
+    def __call__(self, clip: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
+        scaled = short_side_scale(clip, self.size)
+        crops = [center_crop(scaled, self.size)] if self.num_crops == 1 else three_crop(scaled, self.size)
+        return torch.stack([normalize(c, channel_dim=0) for c in crops])
+
+
+def video_dataset(cfg: Config, records: Sequence[VideoRecord], num_frames: int, img_size: int, train: bool,
+                  num_clips: int = 1, num_crops: int = 1) -> VideoDataset:
+    d = cfg.data
+    if train:
+        transform = VideoTransform(size=img_size, train=True, crop=d.crop, min_scale=d.min_scale,
+                                   max_scale=d.max_scale, flip_prob=d.flip_prob, randaug_layers=d.randaug_layers,
+                                   randaug_magnitude=d.randaug_magnitude)
+    else:
+        transform = EvalTransform(img_size, num_crops)
+    return VideoDataset(records, num_frames=num_frames, sampler=d.sampler, stride=d.stride, train=train,
+                        num_clips=num_clips, transform=transform, max_fail_fraction=d.max_fail_fraction,
+                        seed=cfg.train.seed)
+
+
+class CountingDataset(Dataset):
+    """``(clip, label, skipped)``: the number of unreadable videos the base dataset skipped for this item."""
+
+    def __init__(self, base: VideoDataset, indices: Sequence[int]) -> None:
+        self.base, self.indices = base, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        before = self.base.stats.failures
+        clip, label = self.base[self.indices[i]]
+        return clip, label, self.base.stats.failures - before
+
+
+class EvalItems(Dataset):
+    """``(views (V, 3, T, H, W), label, index, error)``: no substitution; an unreadable video gives an
+    empty view tensor and its error message, so it is counted as skipped and never scored."""
+
+    def __init__(self, base: VideoDataset, num_views: int) -> None:
+        self.base, self.num_views = base, num_views
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        record = self.base.records[i]
+        try:
+            views, label = self.base._load(record, self.base._rng(i))
+        except (VideoReadError, ValueError, OSError) as err:
+            return torch.empty(0), torch.tensor(record.label), i, str(err)
+        return views.reshape(self.num_views, *views.shape[-4:]), label, i, ""
+
+
+def collate_eval(batch):
+    """Keep readable items stacked; return the errors of the unreadable ones."""
+    good = [b for b in batch if not b[3]]
+    bad = [(b[2], b[3]) for b in batch if b[3]]
+    if not good:
+        return None, None, [], bad
+    return (torch.stack([b[0] for b in good]), torch.stack([b[1] for b in good]), [b[2] for b in good], bad)

@@ -1,0 +1,130 @@
+"""Multi-view testing (ViViT §4.1, TimeSformer §4.3): K temporal clips × S spatial crops per video, softmax
+scores averaged over the views; top-1 / top-5 / mean class accuracy and the confusion matrix. With several
+heads (Epic-Kitchens verb + noun) the action is right when every head is (ViViT §4.1)."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..analysis.shuffle import shuffle_frames
+from ..data import VideoDataset
+from .data import EvalItems, collate_eval
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 / fp16 autocast on the device, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def split_heads(logits: torch.Tensor, heads: Sequence[int]) -> list[torch.Tensor]:
+    return list(logits.split(list(heads), dim=-1))
+
+
+@dataclass
+class HeadMetrics:
+    top1: float
+    top5: float
+    mean_class_acc: float
+    per_class: list[float]
+    confusion: list[list[int]]
+
+
+def head_metrics(scores: torch.Tensor, labels: torch.Tensor) -> HeadMetrics:
+    """Accuracies of ``(N, C)`` scores against ``(N,)`` labels; classes absent from the labels are left out of
+    the mean class accuracy (their per-class entry is NaN)."""
+    n, c = scores.shape
+    top = scores.topk(min(5, c), dim=1).indices
+    hit5 = (top == labels[:, None]).any(1)
+    pred = top[:, 0]
+    confusion = torch.zeros(c, c, dtype=torch.long)
+    confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    support = confusion.sum(1)
+    per_class = confusion.diag().double() / support.clamp_min(1)
+    per_class[support == 0] = float("nan")
+    present = support > 0
+    return HeadMetrics(top1=float((pred == labels).double().mean()) if n else 0.0,
+                       top5=float(hit5.double().mean()) if n else 0.0,
+                       mean_class_acc=float(per_class[present].mean()) if present.any() else 0.0,
+                       per_class=per_class.tolist(), confusion=confusion.tolist())
+
+
+@dataclass
+class EvalResult:
+    """Scores and metrics of one evaluation; ``top1`` is the action accuracy when there are several heads."""
+
+    top1: float
+    top5: float
+    mean_class_acc: float
+    num_videos: int
+    skipped: int
+    views: str
+    heads: list[HeadMetrics]
+    action_acc: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``--json`` object: scalar metrics, per-class accuracies and the confusion matrix."""
+        out: dict[str, Any] = dict(top1=self.top1, top5=self.top5, mean_class_acc=self.mean_class_acc,
+                                   num_videos=self.num_videos, skipped=self.skipped, views=self.views)
+        if self.action_acc is not None:
+            out["action_acc"] = self.action_acc
+            out["heads"] = [dict(top1=h.top1, top5=h.top5, mean_class_acc=h.mean_class_acc) for h in self.heads]
+        out["per_class"] = [h.per_class for h in self.heads] if len(self.heads) > 1 else self.heads[0].per_class
+        out["confusion"] = [h.confusion for h in self.heads] if len(self.heads) > 1 else self.heads[0].confusion
+        out["errors"] = self.errors
+        return out
+
+
+@torch.no_grad()
+def predict_scores(model: nn.Module, views: torch.Tensor, heads: Sequence[int], device: torch.device,
+                   precision: str = "fp32", shuffle: torch.Generator | None = None) -> list[torch.Tensor]:
+    """``(B, V, C, T, H, W)`` views -> per head ``(B, classes)`` softmax scores averaged over the V views."""
+    b, v = views.shape[:2]
+    x = views.flatten(0, 1).to(device)
+    if shuffle is not None:
+        x = shuffle_frames(x, shuffle)
+    with autocast(device, precision):
+        logits = model(x).float()
+    return [h.softmax(-1).unflatten(0, (b, v)).mean(1).cpu() for h in split_heads(logits, heads)]
+
+
+def evaluate(model: nn.Module, dataset: VideoDataset, heads: Sequence[int], num_clips: int = 1, num_crops: int = 1,
+             batch_size: int = 8, device: torch.device = torch.device("cpu"), precision: str = "fp32",
+             shuffle_seed: int | None = None, num_workers: int = 0, progress: bool = False) -> EvalResult:
+    """Evaluate ``model`` on a test-mode ``dataset`` built with ``num_clips`` clips and ``num_crops`` crops;
+    ``shuffle_seed`` permutes the frames of every view (MViT Table 9 frame-shuffle test)."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(EvalItems(dataset, num_clips * num_crops), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=collate_eval)
+    gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
+    scores: list[list[torch.Tensor]] = [[] for _ in heads]
+    labels: list[torch.Tensor] = []
+    errors: list[str] = []
+    for views, label, _, bad in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
+        errors += [msg for _, msg in bad]
+        if views is None:
+            continue
+        for k, s in enumerate(predict_scores(model, views, heads, device, precision, gen)):
+            scores[k].append(s)
+        labels.append(label.reshape(len(label), -1))
+    model.train(was_training)
+    lab = torch.cat(labels) if labels else torch.zeros(0, len(heads), dtype=torch.long)
+    per_head = [head_metrics(torch.cat(s) if s else torch.zeros(0, n), lab[:, k]) for k, (s, n) in
+                enumerate(zip(scores, heads))]
+    action = None
+    if len(heads) > 1:
+        right = torch.stack([torch.cat(s).argmax(1) == lab[:, k] for k, s in enumerate(scores)]).all(0)
+        action = float(right.double().mean()) if len(lab) else 0.0
+    first = per_head[0]
+    return EvalResult(top1=action if action is not None else first.top1, top5=first.top5,
+                      mean_class_acc=first.mean_class_acc, num_videos=len(lab), skipped=len(errors),
+                      views=f"{num_clips}x{num_crops}", heads=per_head, action_acc=action, errors=errors)

@@ -1,0 +1,355 @@
+"""The training loop: ``train(config)`` builds data, model and optimiser from a :class:`Config`, checks all of
+them before the first step, resumes from ``<output_dir>/checkpoints/last.pt`` when it exists, and writes
+``config.yaml``, ``metrics.jsonl`` and the ``last`` / ``best`` checkpoints.
+
+Determinism: the data order of epoch e is a permutation seeded by (seed, e); augmentation draws from
+generators seeded by (seed, e, index); mixup by (seed, e, step, micro-batch, rank). A checkpoint is taken at
+optimiser-step boundaries with the global RNG states and the running epoch sums, so a resumed run replays
+exactly the steps an uninterrupted one takes. With DDP, ``train.batch_size`` is the global micro-batch, split
+evenly over the processes; gradients are averaged, which equals one process with the same global batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data import Mixup
+from ..models import model_config
+from ..weights.common import load_checked
+from .checkpoint import atomic_write, checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import Config, ConfigError
+from .data import CountingDataset, check_labels, head_sizes, read_split, video_dataset
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from .evaluate import autocast, evaluate, split_heads
+from .model import build_model, freeze, load_pretrained_weights
+from .schedules import LRSchedule
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+@dataclass
+class Sums:
+    """Running sums of the current epoch (summed over processes)."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    samples: float = 0.0
+    skipped: float = 0.0
+
+    def add(self, values: torch.Tensor) -> None:
+        self.loss += float(values[0])
+        self.correct += float(values[1])
+        self.samples += float(values[2])
+        self.skipped += float(values[3])
+
+
+@dataclass
+class State:
+    """Where the run is: ``step`` optimiser steps done in ``epoch``; the history of epoch records."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    best_top1: float = -1.0
+    sums: Sums = field(default_factory=Sums)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Setup:
+    """Everything built and checked before training starts."""
+
+    model: nn.Module
+    classes: Any
+    heads: list[int]
+    train_set: Any
+    val_set: Any
+    num_frames: int
+    img_size: int
+
+
+def prepare(cfg: Config, log: bool = True) -> Setup:
+    """Read annotations, build datasets and the model, load pretrained weights: every configuration error
+    (paths, labels, model names and sizes, checkpoints, frozen names) is raised here."""
+    if cfg.data.input == "compressed":
+        raise ConfigError("data.input=compressed: no registered model takes compressed-domain input yet "
+                          "(MM-ViT); use data.input=rgb")
+    train_ann = read_split(cfg.data, "train")
+    classes = train_ann.classes
+    val_ann = read_split(cfg.data, "val", classes if isinstance(classes, list) else None)
+    if cfg.data.format == "folder" and val_ann.classes != classes:
+        raise ConfigError(f"data.val: class folders {val_ann.classes} differ from data.train's {classes}")
+    heads = head_sizes(classes)
+    check_labels(train_ann, heads, "train")
+    check_labels(val_ann, heads, "val")
+    if cfg.model.num_classes is not None and cfg.model.num_classes != sum(heads):
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the dataset has {sum(heads)} classes")
+    if len(heads) > 1 and (cfg.train.mixup_alpha or cfg.train.cutmix_alpha):
+        raise ConfigError("train.mixup_alpha / cutmix_alpha are for single-head datasets, not verb + noun heads")
+    model = build_model(cfg.model, sum(heads))
+    mc = model_config(cfg.model.name, num_frames=cfg.model.num_frames, img_size=cfg.model.img_size)
+    if cfg.model.pretrained:
+        load_pretrained_weights(model, cfg.model.pretrained)
+    if cfg.model.freeze:
+        freeze(model, cfg.model.freeze)
+    if cfg.model.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    train_set = video_dataset(cfg, train_ann.records, mc.num_frames, mc.img_size, train=True)
+    val_set = video_dataset(cfg, val_ann.records, mc.num_frames, mc.img_size, train=False,
+                            num_clips=cfg.eval.num_clips, num_crops=cfg.eval.num_crops)
+    if log:
+        print(f"data: {len(train_ann)} train / {len(val_ann)} val videos, {sum(heads)} classes "
+              f"({train_ann.missing + val_ann.missing} listed videos missing)", file=sys.stderr)
+    return Setup(model, classes, heads, train_set, val_set, mc.num_frames, mc.img_size)
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW; no weight decay on biases, norms, positional embeddings and CLS tokens."""
+    t = cfg.train
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    groups = [dict(params=decay, weight_decay=t.weight_decay, base_lr=t.lr),
+              dict(params=no_decay, weight_decay=0.0, base_lr=t.lr)]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ConfigError("model.freeze froze every parameter: nothing to train")
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, heads: list[int], smoothing: float) -> torch.Tensor:
+    """Cross-entropy summed over heads; ``target`` (B,) / (B, heads) indices or (B, C) mixed soft targets."""
+    if target.is_floating_point():
+        return -(target * logits.float().log_softmax(-1)).sum(-1).mean()
+    target = target.reshape(len(target), -1)
+    return sum(F.cross_entropy(h.float(), target[:, k], label_smoothing=smoothing)
+               for k, h in enumerate(split_heads(logits, heads)))
+
+
+def correct_count(logits: torch.Tensor, labels: torch.Tensor, heads: list[int]) -> int:
+    labels = labels.reshape(len(labels), -1)
+    right = torch.stack([h.argmax(-1) == labels[:, k] for k, h in enumerate(split_heads(logits, heads))]).all(0)
+    return int(right.sum())
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """One run: ``Trainer(cfg).fit()`` returns the epoch history."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg, t = cfg, cfg.train
+        self.dist: DistInfo = init_distributed(t.device)
+        if t.batch_size % self.dist.world_size:
+            raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by {self.dist.world_size} processes")
+        if t.precision == "fp16" and self.dist.device.type != "cuda":
+            raise ConfigError("train.precision=fp16 needs a GPU; use bf16 on CPU")
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True)
+        seed_everything(t.seed)
+        self.setup = prepare(cfg, log=self.dist.is_main)
+        self.run_dir = Path(cfg.output_dir)
+        self.steps_per_epoch = len(self.setup.train_set) // (t.batch_size * t.accum_steps)
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"train.batch_size * accum_steps = {t.batch_size * t.accum_steps} exceeds the "
+                              f"{len(self.setup.train_set)} training videos")
+        self.model = self.setup.model.to(self.dist.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.schedule = LRSchedule(t.schedule, self.steps_per_epoch, t.epochs, t.warmup_epochs, t.min_lr / t.lr,
+                                   list(t.milestones), t.gamma, t.plateau_patience)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
+        self.mixup = None
+        if t.mixup_alpha or t.cutmix_alpha:
+            self.mixup = Mixup(sum(self.setup.heads), t.mixup_alpha, t.cutmix_alpha, t.mixup_prob,
+                               t.mixup_switch_prob, t.label_smoothing)
+        self.state = State()
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.dist.device] if self.dist.device.type == "cuda"
+                                            else None) if self.dist.distributed else self.model)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def _checkpoint(self) -> dict[str, Any]:
+        s = self.state
+        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    schedule=self.schedule.state_dict(), scaler=self.scaler.state_dict(), rng=rng_state(),
+                    progress=dict(epoch=s.epoch, step=s.step, global_step=s.global_step, best_top1=s.best_top1),
+                    sums=vars(s.sums).copy(), history=list(s.history), config=self.cfg.to_dict(),
+                    classes=self.setup.classes, heads=self.setup.heads)
+
+    def save(self, best: bool = False) -> None:
+        if self.dist.is_main:
+            state = self._checkpoint()
+            save_checkpoint(checkpoint_path(self.run_dir, "last"), state)
+            if best:
+                save_checkpoint(checkpoint_path(self.run_dir, "best"), state)
+            lines = "".join(json.dumps(r) + "\n" for r in self.state.history)
+            atomic_write(self.run_dir / "metrics.jsonl", lambda f: f.write(lines.encode()))
+        barrier(self.dist)
+
+    def resume(self) -> bool:
+        """Load ``last.pt`` if the run directory has one; returns whether it did."""
+        path = checkpoint_path(self.run_dir, "last")
+        if not path.is_file():
+            return False
+        ckpt = load_checkpoint(path)
+        saved, now = ({k: v for k, v in c["model"].items() if k != "pretrained"}
+                      for c in (ckpt["config"], self.cfg.to_dict()))
+        if saved != now:
+            raise ConfigError(f"{path} was written for model settings {saved}, not {now}; use another output_dir")
+        load_checked(self.model, ckpt["model"], str(path))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group in self.optimizer.param_groups:  # the config's lr wins over the saved one
+            group["base_lr"] = self.cfg.train.lr
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        p = ckpt["progress"]
+        self.state = State(p["epoch"], p["step"], p["global_step"], p["best_top1"], Sums(**ckpt["sums"]),
+                           list(ckpt["history"]))
+        if self.dist.is_main:
+            print(f"resumed from {path}: epoch {p['epoch']}, step {p['step']}", file=sys.stderr)
+        return True
+
+    # -- loop ----------------------------------------------------------------------------------------------------
+    def _loader(self, epoch: int, start_step: int) -> DataLoader:
+        t, d = self.cfg.train, self.dist
+        order = epoch_order(len(self.setup.train_set), t.seed, epoch)
+        per_rank = t.batch_size // d.world_size
+        mine = []
+        for mb in range(start_step * t.accum_steps, self.steps_per_epoch * t.accum_steps):
+            batch = order[mb * t.batch_size : (mb + 1) * t.batch_size]
+            mine += batch[d.rank * per_rank : (d.rank + 1) * per_rank]
+        self.setup.train_set.set_epoch(epoch)
+        return DataLoader(CountingDataset(self.setup.train_set, mine), batch_size=per_rank, shuffle=False,
+                          num_workers=self.cfg.data.num_workers, generator=torch.Generator().manual_seed(t.seed))
+
+    def _micro_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int, j: int, sync: bool) -> torch.Tensor:
+        t, dev = self.cfg.train, self.dist.device
+        x, y = x.to(dev, non_blocking=True), y.to(dev)
+        target = y
+        if self.mixup is not None:
+            rng = np.random.default_rng([t.seed, epoch, step, j, self.dist.rank])
+            x, target = self.mixup(x.cpu(), y.cpu(), rng)
+            x, target = x.to(dev), target.to(dev)
+        ctx = contextlib.nullcontext() if sync or not self.dist.distributed else self.ddp.no_sync()
+        with ctx:
+            with autocast(dev, t.precision):
+                logits = self.ddp(x)
+            loss = loss_fn(logits, target, self.setup.heads, 0.0 if self.mixup else t.label_smoothing)
+            bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], dtype=torch.float64)
+            if float(all_reduce_sum(bad, self.dist)[0]):
+                last = checkpoint_path(self.run_dir, "last")
+                kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+                raise TrainingDiverged(
+                    f"loss is {float(loss.detach())} at epoch {epoch + 1}, step {step + 1} (lr "
+                    f"{self.optimizer.param_groups[0]['lr']:.3g}); training stopped and {kept} (lower train.lr, "
+                    "set train.clip_grad, or use train.precision=fp32)")
+            self.scaler.scale(loss / t.accum_steps).backward()
+        return torch.tensor([float(loss.detach()) * len(y), correct_count(logits.detach(), y, self.setup.heads),
+                             len(y), 0.0], dtype=torch.float64)
+
+    def _optimizer_step(self) -> None:
+        clip = self.cfg.train.clip_grad
+        if clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def train_epoch(self, epoch: int) -> None:
+        t, s = self.cfg.train, self.state
+        loader = self._loader(epoch, s.step)
+        bar = tqdm(total=self.steps_per_epoch, initial=s.step, desc=f"epoch {epoch + 1}/{t.epochs}", unit="step",
+                   disable=not (t.progress and self.dist.is_main), dynamic_ncols=True, leave=False)
+        it = iter(loader)
+        self.model.train()
+        for step in range(s.step, self.steps_per_epoch):
+            lr = self.schedule.apply(self.optimizer, s.global_step)
+            counts = torch.zeros(4, dtype=torch.float64)
+            for j in range(t.accum_steps):
+                x, y, skipped = next(it)
+                counts += self._micro_step(x, y, epoch, step, j, sync=j == t.accum_steps - 1)
+                counts[3] += float(skipped.sum())
+            self._optimizer_step()
+            s.sums.add(all_reduce_sum(counts, self.dist))
+            s.step, s.global_step = step + 1, s.global_step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{s.sums.loss / s.sums.samples:.4f}", lr=f"{lr:.3g}",
+                            skipped=int(s.sums.skipped))
+            if t.checkpoint_every and s.step % t.checkpoint_every == 0 and s.step < self.steps_per_epoch:
+                self.save()
+        bar.close()
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        t, s = self.cfg.train, self.state
+        record: dict[str, Any] = dict(epoch=epoch + 1, step=s.global_step, lr=self.optimizer.param_groups[0]["lr"],
+                                      train_loss=s.sums.loss / s.sums.samples, train_acc=s.sums.correct / s.sums.samples,
+                                      skipped=int(s.sums.skipped))
+        if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+            top1 = torch.zeros(1, dtype=torch.float64)
+            if self.dist.is_main:
+                res = evaluate(self.model, self.setup.val_set, self.setup.heads, self.cfg.eval.num_clips,
+                               self.cfg.eval.num_crops, self.cfg.eval.batch_size, self.dist.device, t.precision,
+                               num_workers=self.cfg.data.num_workers, progress=t.progress)
+                record.update(val_top1=res.top1, val_top5=res.top5, val_mean_class_acc=res.mean_class_acc,
+                              val_videos=res.num_videos, val_skipped=res.skipped)
+                top1[0] = res.top1
+            top1 = all_reduce_sum(top1, self.dist)
+            record["val_top1"] = float(top1[0])
+            self.schedule.observe(float(top1[0]))
+        is_best = "val_top1" in record and record["val_top1"] > s.best_top1
+        if is_best:
+            s.best_top1 = record["val_top1"]
+        s.history.append(record)
+        s.epoch, s.step, s.sums = epoch + 1, 0, Sums()
+        self.save(best=is_best)
+        if self.dist.is_main:
+            print(json.dumps(record), file=sys.stderr)
+        return record
+
+    def fit(self) -> list[dict[str, Any]]:
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.save(self.run_dir / "config.yaml")
+        barrier(self.dist)
+        self.resume()
+        try:
+            for epoch in range(self.state.epoch, self.cfg.train.epochs):
+                self.train_epoch(epoch)
+                self.end_epoch(epoch)
+        finally:
+            cleanup(self.dist)
+        return self.state.history
+
+
+def train(cfg: Config) -> list[dict[str, Any]]:
+    """Train (or resume) the run ``cfg`` describes; returns one record per epoch (as in ``metrics.jsonl``)."""
+    return Trainer(cfg).fit()
