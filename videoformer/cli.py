@@ -62,6 +62,65 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _views(text: str | None) -> tuple[int | None, int | None]:
+    from .engine.predict import parse_views
+
+    return parse_views(text) if text else (None, None)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Multi-view test of a run's validation split: top-1, top-5, mean class accuracy, per-class, confusion."""
+    from .engine.predict import evaluate_run, load_run
+
+    try:
+        k, s = _views(args.views)
+        run = load_run(args.run, args.overrides)
+        result = evaluate_run(run, k, s, shuffle_seed=0 if args.shuffle_frames else None, progress=not args.json)
+    except ValueError as err:  # config, annotation and checkpoint errors
+        print(f"videoformer eval: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"checkpoint": run.source, "shuffle_frames": args.shuffle_frames, **result.summary()}))
+        return 0
+    print(f"checkpoint      {run.source}")
+    print(f"views           {result.views} (clips x crops){'  frames shuffled' if args.shuffle_frames else ''}")
+    print(f"videos          {result.num_videos} scored, {result.skipped} skipped (missing or unreadable)")
+    if result.action_acc is not None:
+        print(f"action top-1    {result.action_acc:.4f}")
+    for name, names, head in zip(run.head_names, run.class_lists, result.heads):
+        print(f"{name} top-1{'':<{9 - len(name)}}{head.top1:.4f}   top-5 {head.top5:.4f}   "
+              f"mean class acc {head.mean_class_acc:.4f}")
+        for label, acc in zip(names, head.per_class):
+            if acc == acc:  # classes present in the split
+                print(f"  {label:<30} {acc:.4f}")
+    for err in result.errors:
+        print(f"skipped: {err}", file=sys.stderr)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Top-k classes of each video file; unreadable files get an error line and do not stop the others."""
+    from .engine.predict import load_run, predict_files
+
+    try:
+        k, s = _views(args.views)
+        run = load_run(args.checkpoint)
+    except ValueError as err:
+        print(f"videoformer predict: {err}", file=sys.stderr)
+        return 2
+    results = predict_files(run, args.videos, k, s, args.topk)
+    for r in results:
+        if args.json:
+            print(json.dumps(r))
+        elif "error" in r:
+            print(f"{r['path']}: error: {r['error']}", file=sys.stderr)
+        else:
+            preds = "; ".join(f"{head}: " + ", ".join(f"{p['class']} {p['score']:.3f}" for p in ps)
+                              for head, ps in r["predictions"].items())
+            print(f"{r['path']}: {preds}")
+    return 1 if any("error" in r for r in results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videoformer", description="Video transformers: model info and tools.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -82,6 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("config", help="YAML file, e.g. configs/vivit_b_fe_k400.yaml")
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=0.01")
     tr.set_defaults(handler=cmd_train)
+
+    ev = sub.add_parser("eval", help="multi-view testing of a run directory or checkpoint on its data.val split")
+    ev.add_argument("run", help="run directory (uses checkpoints/best.pt, else last.pt) or a checkpoint file")
+    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.val=test.csv")
+    ev.add_argument("--views", help="KxS: K temporal clips x S spatial crops (1 or 3), e.g. 4x3 (default: eval.*)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, mean_class_acc, ...)")
+    ev.add_argument("--shuffle-frames", action="store_true", help="permute the frames of every view (MViT Table 9)")
+    ev.set_defaults(handler=cmd_eval)
+
+    pr = sub.add_parser("predict", help="class scores of video files from a trained checkpoint")
+    pr.add_argument("checkpoint", help="run directory or checkpoint file")
+    pr.add_argument("videos", nargs="+", metavar="VIDEO")
+    pr.add_argument("--topk", type=int, default=5, help="classes shown per file (per head)")
+    pr.add_argument("--views", default="4x3", help="KxS views whose scores are averaged per file (default 4x3)")
+    pr.add_argument("--json", action="store_true", help="one JSON object per file (JSON lines)")
+    pr.set_defaults(handler=cmd_predict)
     return parser
 
 

@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data import Mixup
-from ..models import model_config
 from ..weights.common import load_checked
 from .checkpoint import atomic_write, checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError
@@ -102,7 +101,7 @@ def prepare(cfg: Config, log: bool = True) -> Setup:
     if len(heads) > 1 and (cfg.train.mixup_alpha or cfg.train.cutmix_alpha):
         raise ConfigError("train.mixup_alpha / cutmix_alpha are for single-head datasets, not verb + noun heads")
     model = build_model(cfg.model, sum(heads))
-    mc = model_config(cfg.model.name, num_frames=cfg.model.num_frames, img_size=cfg.model.img_size)
+    mc = model.cfg
     if cfg.model.pretrained:
         load_pretrained_weights(model, cfg.model.pretrained)
     if cfg.model.freeze:

@@ -1,0 +1,115 @@
+"""Trained runs at test time: ``load_run`` (a run directory or checkpoint -> config, model, classes),
+``evaluate_run`` (multi-view testing of the run's validation split) and ``predict_files`` (class scores of
+video files, each unreadable file reported on its own)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..data import VideoRecord
+from ..weights.common import load_checked
+from .checkpoint import checkpoint_path, load_checkpoint
+from .config import Config, ConfigError, apply_override, config_from_dict, validate
+from .data import EvalItems, check_labels, read_split, video_dataset
+from .distributed import pick_device
+from .evaluate import EvalResult, evaluate, predict_scores
+from .model import build_model
+
+
+@dataclass
+class LoadedRun:
+    cfg: Config
+    model: nn.Module
+    classes: list[str] | dict[str, list[str]]
+    heads: list[int]
+    source: str
+    device: torch.device
+
+    @property
+    def head_names(self) -> list[str]:
+        return list(self.classes) if isinstance(self.classes, dict) else ["class"]
+
+    @property
+    def class_lists(self) -> list[list[str]]:
+        return list(self.classes.values()) if isinstance(self.classes, dict) else [self.classes]
+
+
+def parse_views(text: str) -> tuple[int, int]:
+    """``"4x3"`` -> (4 temporal clips, 3 spatial crops)."""
+    try:
+        k, s = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--views: expected KxS such as 4x3, got {text!r}") from None
+    if k < 1 or s not in (1, 3):
+        raise ConfigError(f"--views: K must be >= 1 and S 1 or 3, got {text!r}")
+    return k, s
+
+
+def load_run(path: str | os.PathLike, overrides: Sequence[str] = ()) -> LoadedRun:
+    """The model of a run directory (its ``best`` checkpoint, else ``last``) or of a checkpoint file, in eval
+    mode on the configured device, with the run's config plus ``key=value`` overrides (e.g. ``data.val=...``)."""
+    p = Path(path)
+    if p.is_dir():
+        best = checkpoint_path(p, "best")
+        p = best if best.is_file() else checkpoint_path(p, "last")
+    state = load_checkpoint(p)
+    cfg = config_from_dict(state["config"], str(p))
+    for override in overrides:
+        apply_override(cfg, override)
+    validate(cfg)
+    model = build_model(cfg.model, sum(state["heads"]))
+    load_checked(model, state["model"], str(p))
+    device = pick_device(cfg.train.device)
+    return LoadedRun(cfg, model.to(device).eval(), state["classes"], list(state["heads"]), str(p), device)
+
+
+def evaluate_run(run: LoadedRun, num_clips: int | None = None, num_crops: int | None = None,
+                 shuffle_seed: int | None = None, progress: bool = False) -> EvalResult:
+    """Multi-view test of ``data.val``; ``skipped`` counts listed videos that are missing or unreadable."""
+    cfg = run.cfg
+    k, s = num_clips or cfg.eval.num_clips, num_crops or cfg.eval.num_crops
+    ann = read_split(cfg.data, "val", run.classes if isinstance(run.classes, list) else None)
+    check_labels(ann, run.heads, "val")
+    frames, size = _clip_size(run.model)
+    dataset = video_dataset(cfg, ann.records, frames, size, train=False, num_clips=k, num_crops=s)
+    result = evaluate(run.model, dataset, run.heads, k, s, cfg.eval.batch_size, run.device, cfg.train.precision,
+                      shuffle_seed, cfg.data.num_workers, progress)
+    result.skipped += ann.missing
+    return result
+
+
+def _clip_size(model: nn.Module) -> tuple[int, int]:
+    return model.cfg.num_frames, model.cfg.img_size
+
+
+def predict_files(run: LoadedRun, paths: Sequence[str], num_clips: int | None = None,
+                  num_crops: int | None = None, topk: int = 5) -> list[dict[str, Any]]:
+    """Per file ``{"path", "predictions": {head: [{"class", "score"}, ...]}}`` (softmax averaged over the
+    views), or ``{"path", "error"}`` for a file that is missing or cannot be decoded."""
+    cfg = run.cfg
+    k, s = num_clips or cfg.eval.num_clips, num_crops or cfg.eval.num_crops
+    frames, size = _clip_size(run.model)
+    labels = tuple(-1 for _ in run.heads) if len(run.heads) > 1 else -1
+    records = [VideoRecord(os.fspath(p), labels) for p in paths]
+    items = EvalItems(video_dataset(cfg, records, frames, size, train=False, num_clips=k, num_crops=s), k * s)
+    out = []
+    for i, path in enumerate(paths):
+        if not os.path.isfile(path):
+            out.append({"path": str(path), "error": "file not found"})
+            continue
+        views, _, _, error = items[i]
+        if error:
+            out.append({"path": str(path), "error": error})
+            continue
+        scores = predict_scores(run.model, views[None], run.heads, run.device, cfg.train.precision)
+        preds = {}
+        for name, names, sc in zip(run.head_names, run.class_lists, scores):
+            top = sc[0].topk(min(topk, len(names)))
+            preds[name] = [{"class": names[j], "score": float(v)} for v, j in zip(top.values, top.indices.tolist())]
+        out.append({"path": str(path), "predictions": preds})
+    return out
