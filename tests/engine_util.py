@@ -51,3 +51,29 @@ def write_config(path: Path, overrides: list[str]) -> Path:
         node[leaf] = yaml.safe_load(value)
     path.write_text(yaml.safe_dump(tree))
     return path
+
+
+def make_epic_dataset(root: Path, seed: int = 0) -> Path:
+    """Epic-Kitchens-100 style: long videos ``root/P01/videos/P01_0k.MP4`` and train / val CSVs of segments
+    whose verb is the tint (3 classes) and whose noun is whether the frame is striped (2 classes)."""
+    rng = np.random.default_rng(seed)
+    header = "narration_id,participant_id,video_id,start_frame,stop_frame,verb,verb_class,noun,noun_class\n"
+    rows = {"train": [], "val": []}
+    for k in range(2):
+        clips, segments = [], []
+        for s in range(9):
+            verb, noun = s % 3, (s // 3 + k) % 2
+            clip = colour_clip(verb, rng)
+            if noun:
+                clip[:, :, ::4] = 255
+            segments.append((len(clips) * 8 + 1, len(clips) * 8 + 8, verb, noun))
+            clips.append(clip)
+        vid = f"P01_0{k}"
+        (root / "P01" / "videos").mkdir(parents=True, exist_ok=True)
+        write_video(root / "P01" / "videos" / f"{vid}.MP4", np.concatenate(clips))
+        for s, (a, b, verb, noun) in enumerate(segments):
+            split = "val" if s % 4 == 3 else "train"
+            rows[split].append(f"{vid}_{s},P01,{vid},{a},{b},v{verb},{verb},n{noun},{noun}\n")
+    for split, lines in rows.items():
+        (root / f"EPIC_100_{split}.csv").write_text(header + "".join(lines))
+    return root
