@@ -134,3 +134,18 @@ def test_one_hot_smooth_and_mixup():
     assert torch.equal(dm["iframe"][:, :2], dm["mv"])  # same box for every modality
     with pytest.raises(ValueError, match="float"):
         mix(a.to(torch.uint8), y)
+
+
+def test_mixup_multi_head_targets():
+    a = torch.zeros(2, 3, 2, 8, 8)
+    a[1] = 1.0
+    y = torch.tensor([[3, 8], [6, 114]])  # Epic-Kitchens (verb, noun)
+    mix = Mixup(num_classes=(97, 300), mixup_alpha=0.1, cutmix_alpha=0.0, label_smoothing=0.2)
+    xm, (verb, noun) = mix(a, y, np.random.default_rng(0))
+    lam = 1 - xm[0].mean().item()
+    assert verb.shape == (2, 97) and noun.shape == (2, 300)
+    torch.testing.assert_close(verb.sum(1), torch.ones(2)) and torch.testing.assert_close(noun.sum(1), torch.ones(2))
+    assert verb[0, 3] == pytest.approx(lam * 0.8 + 0.2 / 97, abs=1e-5)
+    assert noun[0, 114] == pytest.approx((1 - lam) * 0.8 + 0.2 / 300, abs=1e-5)
+    with pytest.raises(ValueError, match="heads"):
+        mix(a, y[:, 0])

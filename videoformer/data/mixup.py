@@ -32,11 +32,13 @@ class Mixup:
     """Batch-level mixup (alpha ``mixup_alpha``) or CutMix (alpha ``cutmix_alpha``), chosen per batch
     with ``switch_prob`` when both are on, applied with probability ``prob``; the batch is mixed
     with its reverse. Inputs: a tensor (B, ..., H, W) or a dict of such tensors (compressed
-    modalities, mixed with the same lambda and box); integer targets (B,).
+    modalities, mixed with the same lambda and box); integer targets (B,). For multi-head labels
+    (Epic-Kitchens verb + noun) give ``num_classes`` as a tuple and targets (B, heads): the result is
+    then a tuple of soft targets, one per head, mixed with the same lambda.
     Returns the mixed inputs and soft targets (B, num_classes).
     """
 
-    num_classes: int
+    num_classes: int | tuple[int, ...]
     mixup_alpha: float = 0.8
     cutmix_alpha: float = 1.0
     prob: float = 1.0
@@ -45,10 +47,18 @@ class Mixup:
 
     def __call__(self, x, target: torch.Tensor, rng: np.random.Generator | None = None):
         rng = rng or np.random.default_rng()
-        smooth = one_hot_smooth(target, self.num_classes, self.label_smoothing)
+        heads = isinstance(self.num_classes, (tuple, list))
+        if heads:
+            if target.dim() != 2 or target.shape[1] != len(self.num_classes):
+                raise ValueError(f"targets must be (B, {len(self.num_classes)}) for heads {self.num_classes}, "
+                                 f"got {tuple(target.shape)}")
+            smooth = [one_hot_smooth(target[:, k], n, self.label_smoothing) for k, n in enumerate(self.num_classes)]
+        else:
+            smooth = [one_hot_smooth(target, self.num_classes, self.label_smoothing)]
+        finish = (lambda ts: tuple(ts)) if heads else (lambda ts: ts[0])
         use_mix, use_cut = self.mixup_alpha > 0, self.cutmix_alpha > 0
         if rng.random() >= self.prob or not (use_mix or use_cut):
-            return x, smooth
+            return x, finish(smooth)
         cut = use_cut and (not use_mix or rng.random() < self.switch_prob)
         lam = float(rng.beta(self.cutmix_alpha, self.cutmix_alpha) if cut else rng.beta(self.mixup_alpha, self.mixup_alpha))
         tensors = x if isinstance(x, dict) else {"x": x}
@@ -73,5 +83,5 @@ class Mixup:
             else:
                 m = lam * t + (1.0 - lam) * flipped
             out[k] = m
-        mixed_target = lam * smooth + (1.0 - lam) * smooth.flip(0)
-        return (out if isinstance(x, dict) else out["x"]), mixed_target
+        mixed = [lam * t + (1.0 - lam) * t.flip(0) for t in smooth]
+        return (out if isinstance(x, dict) else out["x"]), finish(mixed)
