@@ -59,3 +59,21 @@ def test_extract_cli(dataset, tmp_path, capsys):
     code = main([str(dataset), str(tmp_path / "o"), "--size", "64x48", "--workers", "1"])
     out = capsys.readouterr()
     assert code == 1 and "3 encoded" in out.out and "broken.mp4" in out.err
+
+
+def test_logmel_cache_matches_decoding(dataset, tmp_path):
+    import numpy as np
+
+    from videoformer.data.compressed import extract_compressed
+    from videoformer.data.prepare import cached_logmel, logmel_path
+
+    ann = read_folder(dataset)
+    res = prepare(ann.records[:1], tmp_path / "out", PrepareConfig(width=64, height=48), progress=False)
+    video = load_prepared(res.out_dir).records[0].path
+    assert logmel_path(video).is_file() and cached_logmel(video)[0].shape[1] == 64
+    with_cache = extract_compressed(video, num_segments=4)
+    logmel_path(video).unlink()  # now decoded from the AAC track
+    assert len(load_prepared(res.out_dir)) == 0  # the entry no longer verifies
+    decoded = extract_compressed(video, num_segments=4)
+    np.testing.assert_allclose(with_cache.audio_logmel, decoded.audio_logmel, atol=0.01)  # float16 cache
+    assert with_cache.has_audio and np.abs(with_cache.audio).sum() > 0

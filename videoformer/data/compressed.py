@@ -194,7 +194,8 @@ def extract_compressed(
     Frames are sampled TSN-style (``uniform_indices``: segment centres for test, random for train)
     unless ``indices`` is given. Expects a stream without B-frames (``reencode_mpeg4``); future
     references of any B-frame are ignored with a warning. ``audio_embedder`` maps log-mel examples
-    (N, 96, 64) to (N, 128); default :func:`videoformer.data.audio.default_embedder`.
+    (N, 96, 64) to (N, 128); default :func:`videoformer.data.audio.default_embedder`. The log-mel
+    cached by :func:`videoformer.data.prepare.prepare` next to the video is used when present.
     """
     path = os.fspath(path)
     info = probe(path)
@@ -348,11 +349,16 @@ class _Reseek(Exception):
 
 def _audio(path: str, idx: np.ndarray, fps: float, enabled: bool, embedder, has_audio: bool):
     from videoformer.data import audio as audio_mod
+    from videoformer.data.prepare import cached_logmel
 
     t = len(idx)
     if not enabled:
         return np.zeros((t, 128), np.float32), None, has_audio
-    feats = audio_mod.frame_aligned_logmel(path, idx / fps)
+    cached = cached_logmel(path)  # written by `prepare`: no audio decoding per sample
+    if cached is not None:
+        feats = audio_mod.examples_at(cached[0], idx / fps - cached[1])
+    else:
+        feats = audio_mod.frame_aligned_logmel(path, idx / fps)
     if feats is None:
         return np.zeros((t, 128), np.float32), None, False
     embedder = embedder or audio_mod.default_embedder()

@@ -1,7 +1,8 @@
 """Prepare a dataset for the compressed-domain models: parallel MPEG-4 re-encoding into a cache.
 
-Layout: ``OUT/<key>/videos/<id>.mp4`` + ``<id>.json`` (source path / size / mtime, output size and
-SHA-1, frame count, audio flag) + ``manifest.csv`` (``path,label`` readable by ``read_csv``). ``<key>``
+Layout: ``OUT/<key>/videos/<id>.mp4`` + ``<id>.logmel.npy`` (the whole track's VGGish log-mel,
+float16, when there is audio: samples then cut examples without decoding audio) + ``<id>.json``
+(source path / size / mtime, output size and SHA-1, frame count, audio flag) + ``manifest.csv`` (``path,label`` readable by ``read_csv``). ``<key>``
 names the extraction parameters (size, GOP, quantiser, format version), so different settings never
 mix. Every file is written to a temporary name and renamed (atomic); a video counts as done only
 when its JSON exists and matches the file, so an interrupted run resumes where it stopped, and
@@ -23,18 +24,21 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from videoformer.data.annotations import Annotations, VideoRecord, read_csv, read_folder
+from videoformer.data.audio import load_audio, log_mel
 from videoformer.data.compressed import reencode_mpeg4
 from videoformer.data.errors import VideoReadError
 from videoformer.data.video import probe
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PrepareConfig", "PrepareResult", "prepare", "load_prepared", "main", "add_extract_arguments"]
+__all__ = ["PrepareConfig", "PrepareResult", "prepare", "load_prepared", "main", "add_extract_arguments",
+           "logmel_path", "cached_logmel"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: log-mel cache
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,24 @@ def _sha1(path: Path) -> str:
     return h.hexdigest()
 
 
+def logmel_path(video: str | os.PathLike) -> Path:
+    """Where :func:`prepare` caches a video's log-mel spectrogram."""
+    video = Path(video)
+    return video.with_name(video.stem + ".logmel.npy")
+
+
+def cached_logmel(video: str | os.PathLike) -> tuple[np.ndarray, float] | None:
+    """(log-mel (F, 64) float32, audio offset s) cached next to a prepared video, or None."""
+    lm, meta = logmel_path(video), Path(video).with_suffix(".json")
+    if not lm.is_file() or not meta.is_file():
+        return None
+    try:
+        offset = float(json.loads(meta.read_text()).get("audio_offset", 0.0))
+        return np.load(lm, allow_pickle=False).astype(np.float32), offset
+    except (OSError, ValueError):
+        return None
+
+
 def _safe_id(record: VideoRecord, index: int) -> str:
     base = record.id or Path(record.path).stem
     return f"{index:07d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', base)[:80]}"
@@ -84,6 +106,10 @@ def _entry_ok(video: Path, meta_path: Path, source: str | None = None, full: boo
         meta = json.loads(meta_path.read_text())
         if not video.is_file() or video.stat().st_size != meta["size"]:
             return False
+        if meta.get("logmel_size") is not None:
+            lm = logmel_path(video)
+            if not lm.is_file() or lm.stat().st_size != meta["logmel_size"]:
+                return False
         if source is not None:
             st = os.stat(source)
             if meta["source"] != os.path.abspath(source) or meta["source_size"] != st.st_size \
@@ -106,9 +132,18 @@ def _convert(source: str, video: str, meta_path: str, cfg: PrepareConfig) -> dic
         if tmp.exists():
             tmp.unlink()
     st = os.stat(source)
+    logmel_size, offset = None, 0.0
+    loaded = load_audio(video_p) if info.has_audio else None
+    if loaded is not None:
+        wave, offset = loaded
+        lm, tmp_lm = logmel_path(video_p), video_p.with_name(f".{video_p.stem}.tmp{os.getpid()}.npy")
+        np.save(tmp_lm, log_mel(wave).astype(np.float16))
+        os.replace(tmp_lm, lm)
+        logmel_size = lm.stat().st_size
     meta = {"source": os.path.abspath(source), "source_size": st.st_size, "source_mtime": int(st.st_mtime),
             "size": video_p.stat().st_size, "sha1": _sha1(video_p), "num_frames": info.num_frames,
-            "fps": info.fps, "has_audio": info.has_audio, "config": asdict(cfg), "version": FORMAT_VERSION}
+            "fps": info.fps, "has_audio": info.has_audio, "logmel_size": logmel_size, "audio_offset": offset,
+            "config": asdict(cfg), "version": FORMAT_VERSION}
     _atomic_write_text(Path(meta_path), json.dumps(meta, indent=1))
     return meta
 
