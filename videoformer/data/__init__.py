@@ -3,7 +3,8 @@
 Modules: ``video`` (PyAV decode, metadata), ``sampling`` (TSN / dense / multi-view), ``compressed``
 (MPEG-4 re-encode, I-frame / motion vectors / residual), ``audio`` (16 kHz log-mel, VGGish),
 ``annotations`` (dataset formats), ``datasets`` (VideoDataset, CompressedVideoDataset), ``transforms``,
-``mixup``, ``synthetic`` (write small test videos).
+``mixup``, ``synthetic`` (write small test videos), ``prepare`` (parameter-keyed MPEG-4 + log-mel cache,
+``videoformer extract``), ``benchmark`` (``python -m videoformer.data.benchmark``).
 Heavy modules (torch-based audio, datasets) are imported lazily by their users.
 """
 
@@ -31,6 +32,7 @@ from videoformer.data.annotations import (
 from videoformer.data.datasets import CompressedVideoDataset, DatasetFailure, VideoDataset
 from videoformer.data.transforms import CompressedTransform, VideoTransform
 from videoformer.data.mixup import Mixup, one_hot_smooth
+from videoformer.data.prepare import PrepareConfig, load_prepared, prepare
 
 __all__ = [
     "AnnotationError", "VideoDecodeError", "VideoReadError", "View", "VideoInfo", "dense_indices",
@@ -38,5 +40,5 @@ __all__ = [
     "CompressedClip", "extract_compressed", "reencode_mpeg4", "Annotations", "VideoRecord", "read_csv",
     "read_epic_kitchens", "read_folder", "read_hmdb51", "read_kinetics", "read_ssv2", "read_ucf101",
     "CompressedVideoDataset", "DatasetFailure", "VideoDataset", "CompressedTransform", "VideoTransform",
-    "Mixup", "one_hot_smooth",
+    "Mixup", "one_hot_smooth", "PrepareConfig", "load_prepared", "prepare",
 ]

@@ -12,7 +12,6 @@ when its JSON exists and matches the file, so an interrupted run resumes where i
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import logging
