@@ -5,7 +5,6 @@ Modules: ``video`` (PyAV decode, metadata), ``sampling`` (TSN / dense / multi-vi
 ``annotations`` (dataset formats), ``datasets`` (VideoDataset, CompressedVideoDataset), ``transforms``,
 ``mixup``, ``synthetic`` (write small test videos), ``prepare`` (parameter-keyed MPEG-4 + log-mel cache,
 ``videoformer extract``), ``benchmark`` (``python -m videoformer.data.benchmark``).
-Heavy modules (torch-based audio, datasets) are imported lazily by their users.
 """
 
 from videoformer.data.errors import AnnotationError, VideoDecodeError, VideoReadError
