@@ -16,15 +16,17 @@ def colour_clip(label: int, rng: np.random.Generator, frames: int = 8, size: int
     return np.clip(COLOURS[label] + noise, 0, 255).astype(np.uint8)
 
 
-def make_folder_dataset(root: Path, per_class: tuple[int, int] = (8, 2), classes: int = 3, seed: int = 0) -> Path:
-    """``root/{train,val}/<class>/<video>.mp4`` with ``per_class`` videos per class and split."""
+def make_folder_dataset(root: Path, per_class: tuple[int, int] = (8, 2), classes: int = 3, seed: int = 0,
+                        codec: str = "libx264") -> Path:
+    """``root/{train,val}/<class>/<video>.mp4`` with ``per_class`` videos per class and split (``codec="mpeg4"``
+    for compressed-domain input: no B-frames)."""
     rng = np.random.default_rng(seed)
     for split, n in zip(("train", "val"), per_class):
         for c in range(classes):
             d = root / split / f"class{c}"
             d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                write_video(d / f"v{i}.mp4", colour_clip(c, rng))
+                write_video(d / f"v{i}.mp4", colour_clip(c, rng), codec=codec)
     return root
 
 

@@ -48,8 +48,10 @@ class DataConfig:
     min_scale: float = 0.9
     max_scale: float = 1.33
     flip_prob: float = 0.5
+    color_jitter_prob: float = 0.0
     randaug_layers: int = 0
     randaug_magnitude: int = 15
+    audio_weights: str = ""  # VGGish weights for compressed input with audio (default: the data module's fallback)
     num_workers: int = 0
     max_fail_fraction: float = 0.1
 

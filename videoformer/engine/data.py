@@ -11,12 +11,16 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch import nn
+from torch.utils.data import Dataset, default_collate
 
-from ..data import (Annotations, VideoDataset, VideoReadError, VideoRecord, VideoTransform, read_csv,
-                    read_epic_kitchens, read_folder, read_hmdb51, read_kinetics, read_ssv2, read_ucf101)
+from ..data import (Annotations, CompressedTransform, CompressedVideoDataset, VideoDataset, VideoReadError,
+                    VideoRecord, VideoTransform, read_csv, read_epic_kitchens, read_folder, read_hmdb51, read_kinetics,
+                    read_ssv2, read_ucf101)
 from ..data.transforms import center_crop, normalize, short_side_scale, three_crop
 from .config import Config, ConfigError, DataConfig
+
+MODALITIES = ("iframe", "mv", "residual", "audio")
 
 
 def _resolve(root: Path, spec: str) -> Path:
@@ -86,18 +90,44 @@ class EvalTransform:
         return torch.stack([normalize(c, channel_dim=0) for c in crops])
 
 
-def video_dataset(cfg: Config, records: Sequence[VideoRecord], num_frames: int, img_size: int, train: bool,
-                  num_clips: int = 1, num_crops: int = 1) -> VideoDataset:
-    d = cfg.data
+def video_dataset(cfg: Config, records: Sequence[VideoRecord], model: nn.Module, train: bool,
+                  num_clips: int = 1, num_crops: int = 1) -> VideoDataset | CompressedVideoDataset:
+    """RGB clips, or compressed-domain samples (``data.input=compressed``: the modalities ``model`` takes)
+    at the model's frames and size; test mode gives ``num_clips`` x ``num_crops`` views."""
+    d, mc = cfg.data, model.cfg
+    if d.input == "compressed":
+        if num_clips != 1:
+            raise ConfigError(f"compressed input samples one TSN clip per video (views 1xS), got {num_clips} clips")
+        transform = CompressedTransform(size=mc.img_size, train=train, flip=d.flip_prob > 0, min_scale=d.min_scale,
+                                        max_scale=d.max_scale, three_crop=num_crops == 3)
+        return CompressedVideoDataset(records, num_segments=mc.num_frames, train=train, transform=transform,
+                                      audio="audio" in mc.modalities, audio_weights=d.audio_weights or None,
+                                      max_fail_fraction=d.max_fail_fraction, seed=cfg.train.seed)
     if train:
-        transform = VideoTransform(size=img_size, train=True, crop=d.crop, min_scale=d.min_scale,
-                                   max_scale=d.max_scale, flip_prob=d.flip_prob, randaug_layers=d.randaug_layers,
-                                   randaug_magnitude=d.randaug_magnitude)
+        transform = VideoTransform(size=mc.img_size, train=True, crop=d.crop, min_scale=d.min_scale,
+                                   max_scale=d.max_scale, flip_prob=d.flip_prob, color_jitter_prob=d.color_jitter_prob,
+                                   randaug_layers=d.randaug_layers, randaug_magnitude=d.randaug_magnitude)
     else:
-        transform = EvalTransform(img_size, num_crops)
-    return VideoDataset(records, num_frames=num_frames, sampler=d.sampler, stride=d.stride, train=train,
+        transform = EvalTransform(mc.img_size, num_crops)
+    return VideoDataset(records, num_frames=mc.num_frames, sampler=d.sampler, stride=d.stride, train=train,
                         num_clips=num_clips, transform=transform, max_fail_fraction=d.max_fail_fraction,
                         seed=cfg.train.seed)
+
+
+def split_sample(sample) -> tuple[torch.Tensor | dict[str, torch.Tensor], torch.Tensor]:
+    """``(clip, label)`` of an RGB sample, or ``({modality: tensor}, label)`` of a compressed one."""
+    if isinstance(sample, dict):
+        return {k: v for k, v in sample.items() if k in MODALITIES}, sample["label"]
+    return sample
+
+
+def as_views(x: torch.Tensor | dict[str, torch.Tensor], num_views: int):
+    """Test views with a leading view axis V: clips (V, 3, T, H, W); modalities (V, T, C, H, W) and audio
+    (V, T, F), the audio shared by the spatial crops of a clip."""
+    if isinstance(x, dict):
+        return {k: v.expand(num_views, *v.shape) if v.dim() == 2 else v.reshape(num_views, *v.shape[-4:])
+                for k, v in x.items()}
+    return x.reshape(num_views, *x.shape[-4:])
 
 
 class CountingDataset(Dataset):
@@ -111,7 +141,7 @@ class CountingDataset(Dataset):
 
     def __getitem__(self, i: int):
         before = self.base.stats.failures
-        clip, label = self.base[self.indices[i]]
+        clip, label = split_sample(self.base[self.indices[i]])
         return clip, label, self.base.stats.failures - before
 
 
@@ -119,7 +149,7 @@ class EvalItems(Dataset):
     """``(views (V, 3, T, H, W), label, index, error)``: no substitution; an unreadable video gives an
     empty view tensor and its error message, so it is counted as skipped and never scored."""
 
-    def __init__(self, base: VideoDataset, num_views: int) -> None:
+    def __init__(self, base: VideoDataset | CompressedVideoDataset, num_views: int) -> None:
         self.base, self.num_views = base, num_views
 
     def __len__(self) -> int:
@@ -128,10 +158,10 @@ class EvalItems(Dataset):
     def __getitem__(self, i: int):
         record = self.base.records[i]
         try:
-            views, label = self.base._load(record, self.base._rng(i))
+            views, label = split_sample(self.base._load(record, self.base._rng(i)))
         except (VideoReadError, ValueError, OSError) as err:
             return torch.empty(0), torch.tensor(record.label), i, str(err)
-        return views.reshape(self.num_views, *views.shape[-4:]), label, i, ""
+        return as_views(views, self.num_views), label, i, ""
 
 
 def collate_eval(batch):
@@ -140,4 +170,4 @@ def collate_eval(batch):
     bad = [(b[2], b[3]) for b in batch if b[3]]
     if not good:
         return None, None, [], bad
-    return (torch.stack([b[0] for b in good]), torch.stack([b[1] for b in good]), [b[2] for b in good], bad)
+    return (default_collate([b[0] for b in good]), torch.stack([b[1] for b in good]), [b[2] for b in good], bad)

@@ -83,14 +83,35 @@ class EvalResult:
         return out
 
 
+Inputs = torch.Tensor | dict[str, torch.Tensor]
+
+
+def to_device(x: Inputs, device: torch.device) -> Inputs:
+    if isinstance(x, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+    return x.to(device, non_blocking=True)
+
+
+def shuffle_modalities(x: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Compressed-domain views ``{m: (B, T, ...)}``: one random frame order per clip, shared by its modalities."""
+    first = next(iter(x.values()))
+    perms = torch.rand(first.shape[:2], generator=generator).argsort(dim=1).to(first.device)  # (B, T)
+    return {k: v.gather(1, perms.view(*perms.shape, *[1] * (v.dim() - 2)).expand_as(v)) for k, v in x.items()}
+
+
 @torch.no_grad()
-def predict_scores(model: nn.Module, views: torch.Tensor, heads: Sequence[int], device: torch.device,
+def predict_scores(model: nn.Module, views: Inputs, heads: Sequence[int], device: torch.device,
                    precision: str = "fp32", shuffle: torch.Generator | None = None) -> list[torch.Tensor]:
-    """``(B, V, C, T, H, W)`` views -> per head ``(B, classes)`` softmax scores averaged over the V views."""
-    b, v = views.shape[:2]
-    x = views.flatten(0, 1).to(device)
-    if shuffle is not None:
-        x = shuffle_frames(x, shuffle)
+    """``(B, V, C, T, H, W)`` views (or a dict of ``(B, V, T, ...)`` modalities) -> per head ``(B, classes)``
+    softmax scores averaged over the V views; ``shuffle`` permutes the frames of every view first."""
+    first = next(iter(views.values())) if isinstance(views, dict) else views
+    b, v = first.shape[:2]
+    if isinstance(views, dict):
+        x = to_device({k: t.flatten(0, 1) for k, t in views.items()}, device)
+        x = shuffle_modalities(x, shuffle) if shuffle is not None else x
+    else:
+        x = views.flatten(0, 1).to(device)
+        x = shuffle_frames(x, shuffle) if shuffle is not None else x
     with autocast(device, precision):
         logits = model(x).float()
     return [h.softmax(-1).unflatten(0, (b, v)).mean(1).cpu() for h in split_heads(logits, heads)]

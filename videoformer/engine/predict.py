@@ -75,16 +75,11 @@ def evaluate_run(run: LoadedRun, num_clips: int | None = None, num_crops: int | 
     k, s = num_clips or cfg.eval.num_clips, num_crops or cfg.eval.num_crops
     ann = read_split(cfg.data, "val", run.classes if isinstance(run.classes, list) else None)
     check_labels(ann, run.heads, "val")
-    frames, size = _clip_size(run.model)
-    dataset = video_dataset(cfg, ann.records, frames, size, train=False, num_clips=k, num_crops=s)
+    dataset = video_dataset(cfg, ann.records, run.model, train=False, num_clips=k, num_crops=s)
     result = evaluate(run.model, dataset, run.heads, k, s, cfg.eval.batch_size, run.device, cfg.train.precision,
                       shuffle_seed, cfg.data.num_workers, progress)
     result.skipped += ann.missing
     return result
-
-
-def _clip_size(model: nn.Module) -> tuple[int, int]:
-    return model.cfg.num_frames, model.cfg.img_size
 
 
 def predict_files(run: LoadedRun, paths: Sequence[str], num_clips: int | None = None,
@@ -93,10 +88,9 @@ def predict_files(run: LoadedRun, paths: Sequence[str], num_clips: int | None = 
     views), or ``{"path", "error"}`` for a file that is missing or cannot be decoded."""
     cfg = run.cfg
     k, s = num_clips or cfg.eval.num_clips, num_crops or cfg.eval.num_crops
-    frames, size = _clip_size(run.model)
     labels = tuple(-1 for _ in run.heads) if len(run.heads) > 1 else -1
     records = [VideoRecord(os.fspath(p), labels) for p in paths]
-    items = EvalItems(video_dataset(cfg, records, frames, size, train=False, num_clips=k, num_crops=s), k * s)
+    items = EvalItems(video_dataset(cfg, records, run.model, train=False, num_clips=k, num_crops=s), k * s)
     out = []
     for i, path in enumerate(paths):
         if not os.path.isfile(path):
@@ -106,7 +100,8 @@ def predict_files(run: LoadedRun, paths: Sequence[str], num_clips: int | None = 
         if error:
             out.append({"path": str(path), "error": error})
             continue
-        scores = predict_scores(run.model, views[None], run.heads, run.device, cfg.train.precision)
+        batch = {m: v[None] for m, v in views.items()} if isinstance(views, dict) else views[None]
+        scores = predict_scores(run.model, batch, run.heads, run.device, cfg.train.precision)
         preds = {}
         for name, names, sc in zip(run.head_names, run.class_lists, scores):
             top = sc[0].topk(min(topk, len(names)))

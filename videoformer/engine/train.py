@@ -32,7 +32,7 @@ from .checkpoint import atomic_write, checkpoint_path, load_checkpoint, rng_stat
 from .config import Config, ConfigError
 from .data import CountingDataset, check_labels, head_sizes, read_split, video_dataset
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
-from .evaluate import autocast, evaluate, split_heads
+from .evaluate import autocast, evaluate, split_heads, to_device
 from .model import build_model, freeze, load_pretrained_weights
 from .schedules import LRSchedule
 
@@ -78,16 +78,11 @@ class Setup:
     heads: list[int]
     train_set: Any
     val_set: Any
-    num_frames: int
-    img_size: int
 
 
 def prepare(cfg: Config, log: bool = True) -> Setup:
     """Read annotations, build datasets and the model, load pretrained weights: every configuration error
     (paths, labels, model names and sizes, checkpoints, frozen names) is raised here."""
-    if cfg.data.input == "compressed":
-        raise ConfigError("data.input=compressed: no registered model takes compressed-domain input yet "
-                          "(MM-ViT); use data.input=rgb")
     train_ann = read_split(cfg.data, "train")
     classes = train_ann.classes
     val_ann = read_split(cfg.data, "val", classes if isinstance(classes, list) else None)
@@ -101,20 +96,25 @@ def prepare(cfg: Config, log: bool = True) -> Setup:
     if len(heads) > 1 and (cfg.train.mixup_alpha or cfg.train.cutmix_alpha):
         raise ConfigError("train.mixup_alpha / cutmix_alpha are for single-head datasets, not verb + noun heads")
     model = build_model(cfg.model, sum(heads))
-    mc = model.cfg
+    compressed = hasattr(model.cfg, "modalities")
+    if compressed != (cfg.data.input == "compressed"):
+        raise ConfigError(f"data.input={cfg.data.input} but {cfg.model.name} takes "
+                          f"{'compressed-domain modalities (MM-ViT)' if compressed else 'RGB clips'}")
+    if compressed and (cfg.train.mixup_alpha or cfg.train.cutmix_alpha):
+        raise ConfigError("train.mixup_alpha / cutmix_alpha: not supported for compressed-domain input")
     if cfg.model.pretrained:
         load_pretrained_weights(model, cfg.model.pretrained)
     if cfg.model.freeze:
         freeze(model, cfg.model.freeze)
     if cfg.model.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    train_set = video_dataset(cfg, train_ann.records, mc.num_frames, mc.img_size, train=True)
-    val_set = video_dataset(cfg, val_ann.records, mc.num_frames, mc.img_size, train=False,
-                            num_clips=cfg.eval.num_clips, num_crops=cfg.eval.num_crops)
+    train_set = video_dataset(cfg, train_ann.records, model, train=True)
+    val_set = video_dataset(cfg, val_ann.records, model, train=False, num_clips=cfg.eval.num_clips,
+                            num_crops=cfg.eval.num_crops)
     if log:
         print(f"data: {len(train_ann)} train / {len(val_ann)} val videos, {sum(heads)} classes "
               f"({train_ann.missing + val_ann.missing} listed videos missing)", file=sys.stderr)
-    return Setup(model, classes, heads, train_set, val_set, mc.num_frames, mc.img_size)
+    return Setup(model, classes, heads, train_set, val_set)
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -251,7 +251,7 @@ class Trainer:
 
     def _micro_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int, j: int, sync: bool) -> torch.Tensor:
         t, dev = self.cfg.train, self.dist.device
-        x, y = x.to(dev, non_blocking=True), y.to(dev)
+        x, y = to_device(x, dev), y.to(dev)
         target = y
         if self.mixup is not None:
             rng = np.random.default_rng([t.seed, epoch, step, j, self.dist.rank])
