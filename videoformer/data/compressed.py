@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Sequence
 
@@ -61,7 +61,6 @@ class CompressedClip:
     num_frames: int = 0
     accumulate: bool = True
     path: str = ""
-    meta: dict = field(default_factory=dict)
 
 
 def reencode_mpeg4(
