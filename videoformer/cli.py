@@ -121,6 +121,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """Attention-rollout PNG overlays of one video (MM-ViT: I-frame / MV / residual rows and an audio strip)."""
+    from .analysis.rollout import rollout_video
+
+    if args.weights is None:
+        print("videoformer rollout: no --weights, the maps are those of a random initialisation", file=sys.stderr)
+    try:
+        paths = rollout_video(args.model, args.video, args.out, args.weights, args.head_fusion,
+                              num_frames=args.frames, img_size=args.size, num_classes=args.num_classes)
+    except (ValueError, OSError) as err:
+        print(f"videoformer rollout: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(paths))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videoformer", description="Video transformers: model info and tools.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -157,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--views", default="4x3", help="KxS views whose scores are averaged per file (default 4x3)")
     pr.add_argument("--json", action="store_true", help="one JSON object per file (JSON lines)")
     pr.set_defaults(handler=cmd_predict)
+
+    ro = sub.add_parser("rollout", help="attention-rollout PNG overlays of a model on one video file")
+    ro.add_argument("model", help="registered model name, e.g. mmvit_b16_merged or timesformer_b16_divided")
+    ro.add_argument("video", help="video file (MM-ViT: an MPEG-4 re-encode without B-frames)")
+    ro.add_argument("--out", default="rollout", help="output directory for the PNGs (default ./rollout)")
+    ro.add_argument("--weights", help="state-dict file of the model (.safetensors / .pt); default: random init")
+    ro.add_argument("--frames", type=int, help="frames per clip T (default: the model's)")
+    ro.add_argument("--size", type=int, help="frame height = width S (default: the model's)")
+    ro.add_argument("--num-classes", type=int, help="classifier outputs C, as in the weights (default: the model's)")
+    ro.add_argument("--head-fusion", choices=("mean", "max"), default="mean", help="how heads are fused")
+    ro.set_defaults(handler=cmd_rollout)
     return parser
 
 
