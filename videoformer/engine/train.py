@@ -93,8 +93,6 @@ def prepare(cfg: Config, log: bool = True) -> Setup:
     check_labels(val_ann, heads, "val")
     if cfg.model.num_classes is not None and cfg.model.num_classes != sum(heads):
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the dataset has {sum(heads)} classes")
-    if len(heads) > 1 and (cfg.train.mixup_alpha or cfg.train.cutmix_alpha):
-        raise ConfigError("train.mixup_alpha / cutmix_alpha are for single-head datasets, not verb + noun heads")
     model = build_model(cfg.model, sum(heads))
     compressed = hasattr(model.cfg, "modalities")
     if compressed != (cfg.data.input == "compressed"):
@@ -140,10 +138,19 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
+def mix(mixups: list[Mixup], x: torch.Tensor, y: torch.Tensor, seed: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup / CutMix of a batch; with several heads every head's mixer replays the same draws (one generator
+    state), so the inputs are mixed once and the soft targets of the heads are concatenated ``(B, sum C)``."""
+    y = y.reshape(len(y), -1)
+    outs = [m(x, y[:, k], np.random.default_rng(seed)) for k, m in enumerate(mixups)]
+    return outs[0][0], torch.cat([target for _, target in outs], dim=1)
+
+
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, heads: list[int], smoothing: float) -> torch.Tensor:
-    """Cross-entropy summed over heads; ``target`` (B,) / (B, heads) indices or (B, C) mixed soft targets."""
+    """Cross-entropy summed over heads; ``target`` (B,) / (B, heads) indices or (B, sum C) mixed soft targets."""
     if target.is_floating_point():
-        return -(target * logits.float().log_softmax(-1)).sum(-1).mean()
+        return sum(-(t * h.float().log_softmax(-1)).sum(-1).mean()
+                   for h, t in zip(split_heads(logits, heads), split_heads(target, heads)))
     target = target.reshape(len(target), -1)
     return sum(F.cross_entropy(h.float(), target[:, k], label_smoothing=smoothing)
                for k, h in enumerate(split_heads(logits, heads)))
@@ -185,10 +192,10 @@ class Trainer:
         self.schedule = LRSchedule(t.schedule, self.steps_per_epoch, t.epochs, t.warmup_epochs, t.min_lr / t.lr,
                                    list(t.milestones), t.gamma, t.plateau_patience)
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
-        self.mixup = None
+        self.mixup: list[Mixup] = []  # one per head, drawing the same lambda and box
         if t.mixup_alpha or t.cutmix_alpha:
-            self.mixup = Mixup(sum(self.setup.heads), t.mixup_alpha, t.cutmix_alpha, t.mixup_prob,
-                               t.mixup_switch_prob, t.label_smoothing)
+            self.mixup = [Mixup(n, t.mixup_alpha, t.cutmix_alpha, t.mixup_prob, t.mixup_switch_prob, t.label_smoothing)
+                          for n in self.setup.heads]
         self.state = State()
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.dist.device] if self.dist.device.type == "cuda"
                                             else None) if self.dist.distributed else self.model)
@@ -253,9 +260,8 @@ class Trainer:
         t, dev = self.cfg.train, self.dist.device
         x, y = to_device(x, dev), y.to(dev)
         target = y
-        if self.mixup is not None:
-            rng = np.random.default_rng([t.seed, epoch, step, j, self.dist.rank])
-            x, target = self.mixup(x.cpu(), y.cpu(), rng)
+        if self.mixup:
+            x, target = mix(self.mixup, x.cpu(), y.cpu(), [t.seed, epoch, step, j, self.dist.rank])
             x, target = x.to(dev), target.to(dev)
         ctx = contextlib.nullcontext() if sync or not self.dist.distributed else self.ddp.no_sync()
         with ctx:
