@@ -40,7 +40,7 @@ class DataConfig:
     root: str = ""
     train: str = "train"  # an annotation file, a split number (ucf101 / hmdb51), or a folder (folder)
     val: str = "val"
-    annotations: str = ""  # split-file folder (ucf101 / hmdb51) or labels.json (ssv2); default: root
+    annotations: str = ""  # split-file folder (ucf101 / hmdb51) or labels.json (ssv2), under root if relative
     input: Literal["rgb", "compressed"] = "rgb"
     sampler: Literal["dense", "uniform"] = "dense"
     stride: int = 4  # frames between sampled frames (dense)

@@ -34,7 +34,7 @@ def read_split(data: DataConfig, split: str, classes: list[str] | None = None) -
     if not root.is_dir():
         raise ConfigError(f"data.root: dataset folder {root} does not exist")
     spec = getattr(data, split)
-    annotations = Path(data.annotations) if data.annotations else root
+    annotations = _resolve(root, data.annotations) if data.annotations else root
     fmt = data.format
     if fmt in ("ucf101", "hmdb51"):
         try:

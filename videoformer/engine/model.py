@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models import create_model
+from ..models import MMViT, create_model, init_mmvit_from_image
 from ..weights import CheckpointError, init_from_image, load_pretrained
 from ..weights.common import load_checked
 from .checkpoint import load_checkpoint
@@ -38,7 +38,8 @@ def _transfer(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
 
 def load_pretrained_weights(model: nn.Module, path: str) -> None:
     """``model.pretrained``: a videoformer run checkpoint (``.pt`` from a run, or a run directory), a Hugging
-    Face TimeSformer / ViViT directory, or an image ViT (HF directory, timm file, JAX ``.npz``; ViViT §3.4)."""
+    Face TimeSformer / ViViT directory, or an image ViT (HF directory, timm file, JAX ``.npz``), initialising
+    the video model as in ViViT §3.4 (MM-ViT: ``init_mmvit_from_image``)."""
     p = Path(path)
     if p.is_dir() and (p / "checkpoints" / "last.pt").is_file():
         p = p / "checkpoints" / ("best.pt" if (p / "checkpoints" / "best.pt").is_file() else "last.pt")
@@ -57,7 +58,10 @@ def load_pretrained_weights(model: nn.Module, path: str) -> None:
         if model_type in ("timesformer", "vivit"):
             _transfer(model, dict(load_pretrained(p).state_dict()), str(p))
             return
-    init_from_image(model, p)
+    if isinstance(model, MMViT):
+        init_mmvit_from_image(model, p)
+    else:
+        init_from_image(model, p)
 
 
 def freeze(model: nn.Module, patterns: list[str]) -> int:
