@@ -76,7 +76,7 @@ def bench_compressed(work: Path, repeat: int = 3) -> list[str]:
         idx = uniform_indices(n, 8, train=False)
         t_c8 = _timed(lambda: extract_compressed(dst, indices=idx, audio=False), repeat)
         if cv2 is not None:
-            t_f = _timed(lambda: _flow_all(dst, cv2), 1)
+            t_f = _timed(lambda: _flow_all(dst, cv2), min(repeat, 2))
             t_f8 = _timed(lambda: _flow_sampled(dst, idx, cv2), repeat)
             flow = f"{(n - 1) / t_f:.0f} | {t_f / t_c * n / (n - 1):.1f}x"
             flow8 = f"{1 / t_f8:.2f} | {t_f8 / t_c8:.1f}x"
