@@ -11,7 +11,7 @@ from videoformer.analysis.flops import count_macs
 from videoformer.layers import Grid, fused_attention, record_attention
 from videoformer.models import create_model
 from videoformer.models.mmvit import (
-    ORDERS, VARIANTS, CoAttention, ConvAttention, MissingModalityError, MMViT, ShiftMerge, init_mmvit_from_image,
+    ORDERS, VARIANTS, CoAttention, ConvAttention, MissingModalityError, ShiftMerge, init_mmvit_from_image,
     mv_embedding_from_rgb,
 )
 
@@ -112,6 +112,8 @@ def test_bad_inputs_and_configs():
         model({**x, "mv": torch.randn(1, 4, 3, 32, 32)})
     with pytest.raises(MissingModalityError, match="differ in batch size or frames"):
         model({**x, "audio": torch.randn(1, 5, 128)})
+    with pytest.raises(MissingModalityError, match="takes a mapping"):
+        model(torch.randn(1, 3, 4, 32, 32))
     with pytest.raises(ValueError, match="permutation"):
         create_model("mmvit_tiny_merged", order="TTS")
     with pytest.raises(ValueError, match="at least two"):

@@ -205,8 +205,11 @@ def _display(x: torch.Tensor) -> torch.Tensor:
 def save_overlays(maps: Mapping[str, torch.Tensor], frames: Mapping[str, torch.Tensor], out_dir: str,
                   name: str = "rollout", alpha: float = 0.5) -> list[str]:
     """Write one PNG per clip: a row per visual modality with the rollout map (upsampled, ``jet``, scaled to
-    its own min-max per modality and clip) over its frames, and MM-ViT's audio map as a strip. ``frames``: ``{modality: (B, T, C, H, W)}`` as fed to the
-    model (for RGB models ``{"video": clip.transpose(1, 2)}``). Returns the paths written."""
+    its own min-max per modality and clip) over its frames, and MM-ViT's audio map as a strip.
+
+    ``frames``: ``{modality: (B, T, C, H, W)}`` as fed to the model (RGB models: ``{"video": clip.transpose(1,
+    2)}``). Returns the paths written.
+    """
     from pathlib import Path
 
     import torch.nn.functional as F

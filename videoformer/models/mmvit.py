@@ -7,6 +7,8 @@ layout of :class:`~videoformer.data.compressed.CompressedClip` with a batch axis
 
 (``(B, T, C, H, W)``, unlike the ``(B, C, T, H, W)`` clips of the RGB models, so a batch of
 :class:`~videoformer.data.datasets.CompressedVideoDataset` samples goes in as it is; other keys are ignored).
+Frames should be normalised floats (:class:`~videoformer.data.transforms.CompressedTransform`); integer
+tensors are only cast.
 
 Tokens (Eq. 1-4): each visual modality has its own ``P×P`` patch embedding and separable space + time
 positional embedding; the audio vector of frame ``t`` is projected by ``E_A`` (128 -> d), gets a temporal
@@ -71,8 +73,8 @@ class MMViTConfig(TransformerConfig):
             raise ValueError(f"unknown MM-ViT variant {self.variant!r}; choose from {VARIANTS}")
         if self.order not in ORDERS:
             raise ValueError(f"order must be a permutation of 'TMS' (Table 2), got {self.order!r}")
-        bad = [m for m in self.modalities if m not in MODALITIES] or len(set(self.modalities)) != len(self.modalities)
-        if bad or not set(self.modalities) & set(VISUAL):
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown or len(set(self.modalities)) != len(self.modalities) or not set(self.modalities) & set(VISUAL):
             raise ValueError(f"modalities must be distinct names from {tuple(MODALITIES)} with at least one "
                              f"visual one, got {self.modalities}")
         self.modalities = tuple(m for m in MODALITIES if m in self.modalities)  # grid order
@@ -237,6 +239,10 @@ class MMViT(VideoModel):
 
     def _inputs(self, inputs: Mapping[str, torch.Tensor] | None, kwargs: Mapping[str, torch.Tensor]
                 ) -> dict[str, torch.Tensor]:
+        if inputs is not None and not isinstance(inputs, Mapping):
+            shape = tuple(getattr(inputs, "shape", ()))
+            raise MissingModalityError(f"MM-ViT takes a mapping {{modality: tensor}} of {self.modalities} "
+                                       f"(see input_shapes()), got {type(inputs).__name__} {shape}")
         given = {**(inputs or {}), **kwargs}
         missing = [m for m in self.modalities if m not in given]
         if missing:
