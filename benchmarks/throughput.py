@@ -6,10 +6,13 @@ classes. The HF model is built with random weights and converted in memory with 
 before timing. Inference = forward under ``no_grad``; training = forward + cross-entropy + backward (no
 optimiser step). Runs of ours and HF alternate (order flipped every iteration), so load from other processes
 hits both alike; clips/s come from the best (minimum) time of ``--iters`` runs -- interference only ever adds
-time -- and the ratio of median times is printed too. On CUDA the forward runs under bf16 autocast.
+time -- and the ratio of median times is printed too. ``--clock cpu`` times with the CPU time of this process
+instead of the wall clock: with ``--threads 1`` it does not count time the core spent on other processes, the
+robust choice on a shared machine. On CUDA the forward runs under bf16 autocast.
 
     python benchmarks/throughput.py                       # both models, CPU (or the GPU if present)
     python benchmarks/throughput.py --models timesformer --iters 5 --threads 2
+    python benchmarks/throughput.py --threads 1 --clock cpu  # ratios unaffected by other processes
     python benchmarks/throughput.py --frames 4 --size 64  # quick smoke run at a smaller clip
 """
 from __future__ import annotations
@@ -69,8 +72,9 @@ def build_pair(bench: Bench, frames: int, size: int) -> tuple[nn.Module, nn.Modu
 class Runner:
     """One timed step (inference or training) of a model on a fixed clip."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, is_hf: bool, train: bool, device: torch.device) -> None:
-        self.model, self.x, self.is_hf, self.train, self.device = model, x, is_hf, train, device
+    def __init__(self, model: nn.Module, x: torch.Tensor, is_hf: bool, train: bool, device: torch.device,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.model, self.x, self.is_hf, self.train, self.device, self.clock = model, x, is_hf, train, device, clock
         self.labels = torch.zeros(x.shape[0], dtype=torch.long, device=device)
         model.train(train)
 
@@ -82,7 +86,7 @@ class Runner:
     def __call__(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = self.clock()
         if self.train:
             self.model.zero_grad(set_to_none=True)
             F.cross_entropy(self.logits().float(), self.labels).backward()
@@ -91,7 +95,7 @@ class Runner:
                 self.logits()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return self.clock() - start
 
 
 def time_alternating(ours: Runner, hf: Runner, iters: int, warmup: int) -> tuple[list[float], list[float]]:
@@ -127,13 +131,18 @@ def main() -> None:
     parser.add_argument("--frames", type=int, help="override the clip length (default 8 / 32)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this process's CPU time (CPU devices only; use with --threads 1)")
     args = parser.parse_args()
+    if args.clock == "cpu" and args.device != "cpu":
+        parser.error("--clock cpu measures CPU work; use it with --device cpu")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"# torch {torch.__version__}, transformers {transformers.__version__}, {device.type} ({name}), "
           f"{args.threads} threads, batch {args.batch}, best of {args.iters} after {args.warmup} warm-up, "
-          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}")
+          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}, {args.clock} clock")
     print("| model | clip | mode | HF attention | ours clips/s | HF clips/s | ours / HF | ours / HF (median) "
           "| max abs logit diff |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|")
@@ -150,7 +159,7 @@ def main() -> None:
             raise SystemExit(f"{bench.title}: logits differ from Hugging Face by {diff:.2e}")
         for mode in args.modes:
             train = mode == "training"
-            runners = Runner(ours, x, False, train, device), Runner(hf, x_hf, True, train, device)
+            runners = Runner(ours, x, False, train, device, clock), Runner(hf, x_hf, True, train, device, clock)
             t_ours, t_hf = time_alternating(*runners, args.iters, args.warmup)
             best, median = (min(t_ours), min(t_hf)), (statistics.median(t_ours), statistics.median(t_hf))
             print(f"| {bench.title} | {frames}×{args.size}² | {mode} | {hf.config._attn_implementation} | "
