@@ -35,7 +35,7 @@ def base_overrides(root: Path, out: Path) -> list[str]:
     return [f"data.root={root}", "data.format=folder", "data.train=train", "data.val=val",
             "model.name=vit_tiny_framewise", "model.num_frames=4", "model.img_size=32", "data.stride=2",
             "train.batch_size=4", "train.epochs=2", "train.optimizer=adamw", "train.lr=0.003",
-            "train.schedule=cosine", "train.warmup_epochs=0.5", "train.progress=false",
+            "train.schedule=cosine", "train.warmup_epochs=0.5", "train.progress=false", "train.reports=false",
             "train.deterministic=true", f"output_dir={out}"]
 
 

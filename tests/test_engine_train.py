@@ -2,6 +2,7 @@
 loss stops the run and keeps the last good checkpoint; the run directory holds config, metrics, checkpoints."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -13,6 +14,7 @@ from engine_util import base_overrides, make_folder_dataset
 from videoformer.cli import main as cli_main
 from videoformer.engine import TrainingDiverged, load_config, train
 from videoformer.engine.config import config_from_dict
+from videoformer.engine.report import has_matplotlib
 from videoformer.engine.schedules import LRSchedule
 
 
@@ -27,7 +29,7 @@ def _last(run: Path) -> dict:
 
 def test_tiny_run_learns_and_writes_run_dir(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    cfg = load_config(None, base_overrides(data, run) + ["train.epochs=3"])
+    cfg = load_config(None, base_overrides(data, run) + ["train.epochs=3", "train.reports=true"])
     history = train(cfg)
     assert [r["epoch"] for r in history] == [1, 2, 3]
     losses = [r["train_loss"] for r in history]
@@ -39,6 +41,10 @@ def test_tiny_run_learns_and_writes_run_dir(data: Path, tmp_path: Path) -> None:
     assert (run / "checkpoints" / "best.pt").is_file()
     assert _last(run)["progress"]["global_step"] == 3 * 6  # 24 videos / batch 4
     assert not list((run / "checkpoints").glob("*.tmp"))
+    if has_matplotlib():
+        assert (run / "curves.png").stat().st_size > 1000 and (run / "confusion.png").stat().st_size > 1000
+    if importlib.util.find_spec("tensorboard"):
+        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_schedules() -> None:

@@ -86,6 +86,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimiser steps between mid-epoch `last` checkpoints (0: end of epoch only)
     eval_every: int = 1  # epochs
     progress: bool = True
+    reports: bool = True  # TensorBoard scalars and PNG plots, when tensorboard / matplotlib import
 
 
 @dataclass

@@ -34,6 +34,7 @@ from .data import CountingDataset, check_labels, head_sizes, read_split, video_d
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .evaluate import autocast, evaluate, split_heads, to_device
 from .model import build_model, freeze, load_pretrained_weights
+from .report import TensorBoard, plot_confusion, plot_curves
 from .schedules import LRSchedule
 
 
@@ -197,6 +198,8 @@ class Trainer:
             self.mixup = [Mixup(n, t.mixup_alpha, t.cutmix_alpha, t.mixup_prob, t.mixup_switch_prob, t.label_smoothing)
                           for n in self.setup.heads]
         self.state = State()
+        self.confusions: list[list[list[int]]] = []
+        self.tensorboard = TensorBoard(self.run_dir) if self.dist.is_main and t.reports else None
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.dist.device] if self.dist.device.type == "cuda"
                                             else None) if self.dist.distributed else self.model)
 
@@ -327,6 +330,7 @@ class Trainer:
                 record.update(val_top1=res.top1, val_top5=res.top5, val_mean_class_acc=res.mean_class_acc,
                               val_videos=res.num_videos, val_skipped=res.skipped)
                 top1[0] = res.top1
+                self.confusions = [h.confusion for h in res.heads]
             top1 = all_reduce_sum(top1, self.dist)
             record["val_top1"] = float(top1[0])
             self.schedule.observe(float(top1[0]))
@@ -338,7 +342,19 @@ class Trainer:
         self.save(best=is_best)
         if self.dist.is_main:
             print(json.dumps(record), file=sys.stderr)
+            if t.reports:
+                self.write_reports(record)
         return record
+
+    def write_reports(self, record: dict[str, Any]) -> None:
+        """TensorBoard scalars, ``curves.png`` and ``confusion[_<head>].png`` when those packages import."""
+        self.tensorboard.log(record)
+        plot_curves(self.state.history, self.run_dir / "curves.png")
+        classes = self.setup.classes
+        named = classes.items() if isinstance(classes, dict) else [("", classes)]
+        for (head, names), confusion in zip(named, self.confusions):
+            plot_confusion(confusion, names, self.run_dir / f"confusion{'_' + head if head else ''}.png",
+                           f"{head or 'val'} confusion, epoch {record['epoch']} (row-normalised)")
 
     def fit(self) -> list[dict[str, Any]]:
         if self.dist.is_main:
@@ -351,6 +367,8 @@ class Trainer:
                 self.train_epoch(epoch)
                 self.end_epoch(epoch)
         finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             cleanup(self.dist)
         return self.state.history
 
