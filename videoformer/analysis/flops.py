@@ -215,9 +215,11 @@ def count_macs(
 
 def count_model(name: str, num_frames: int | None = None, img_size: int | None = None,
                 num_classes: int | None = None, **overrides: Any) -> MacReport:
-    """Build the registered model ``name`` on the meta device and count one ``(C, T, S, S)`` clip."""
+    """Build the registered model ``name`` on the meta device and count one ``(C, T, S, S)`` clip (or one
+    clip of every input a multi-modal model lists in ``input_shapes()``)."""
     cfg = model_config(name, num_classes=num_classes, num_frames=num_frames, img_size=img_size, **overrides)
     with torch.device("meta"):
         model = create_model(name, num_classes=num_classes, num_frames=num_frames, img_size=img_size, **overrides)
-    shape = (cfg.in_chans, cfg.num_frames, cfg.img_size, cfg.img_size)
+    shapes = getattr(model, "input_shapes", None)  # multi-modal models name their inputs
+    shape = shapes() if shapes is not None else (cfg.in_chans, cfg.num_frames, cfg.img_size, cfg.img_size)
     return count_macs(model, shape, name=name)
