@@ -150,3 +150,22 @@ def test_missing_files(tmp_path, checkpoints):
     (tmp_path / "config.json").write_text((checkpoints["vivit"][1] / "config.json").read_text())
     with pytest.raises(CheckpointError, match="no weights file"):
         load_pretrained(tmp_path)
+
+
+class _Touch:
+    """Unpickling this object would create a file: a stand-in for arbitrary code in a malicious checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return Path.touch, (self.path,)
+
+
+def test_pickled_objects_are_never_executed(checkpoints, tmp_path):
+    (tmp_path / "config.json").write_text((checkpoints["vivit"][1] / "config.json").read_text())
+    marker = tmp_path / "executed"
+    torch.save({"vivit.embeddings.cls_token": _Touch(marker)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin"):
+        load_pretrained(tmp_path)
+    assert not marker.exists()
