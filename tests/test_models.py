@@ -6,7 +6,7 @@ import videoformer
 from videoformer.layers import fused_attention
 from videoformer.models import UnknownModelError, create_model, list_models
 
-TINY = [n for n in list_models("*_tiny_*") if not n.startswith("mmvit_")]  # multi-modal: tests/test_mmvit.py
+TINY = [n for n in list_models("*tiny*") if not n.startswith("mmvit_")]  # multi-modal: tests/test_mmvit.py
 
 
 def clip(b=2, t=4, s=32):

@@ -222,25 +222,12 @@ def test_pooled_residual_and_normalised_skip():
     torch.testing.assert_close(y, last.proj(last.norm2(x)))
 
 
-def test_api_and_checkpointing():
+def test_features_and_no_weight_decay():
+    """The generic API sweep (tests/test_models.py) covers heads, checkpointing and gradients for mvit_tiny."""
     model = create_model("mvit_tiny")
-    x = clip()
-    feats = model.forward_features(x)
+    feats = model.forward_features(clip())
     assert feats.shape == (2, 1 + 2 * 2 * 2, 64)  # CLS + T/2 × H/16 × W/16 tokens of the last stage
-    assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
-    y0 = model(x)
-    y0.sum().backward()
-    g0 = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.set_grad_checkpointing()
-    y1 = model(x)
-    y1.sum().backward()
-    torch.testing.assert_close(y1, y0)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, g0[n], msg=n)
     assert model.no_weight_decay() == {"cls_token", "pos_embed.space", "pos_embed.time"}
-    model.reset_classifier(3)
-    assert model(x).shape == (2, 3)
 
 
 @pytest.mark.parametrize("pos_embed", ["none", "space", "joint", "separable"])
