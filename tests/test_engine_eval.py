@@ -55,6 +55,27 @@ def test_shuffle_frames_leaves_a_framewise_model_unchanged(run: Path, capsys) ->
     assert shuffled["confusion"] == plain["confusion"]
 
 
+def test_shuffled_views_change_a_temporal_model() -> None:
+    from videoformer.engine.evaluate import predict_scores
+    from videoformer.models import create_model
+
+    model = create_model("timesformer_tiny_divided", num_classes=3).eval()
+    with torch.no_grad():  # at initialisation the temporal sublayers are no-ops (zero fc, zero time embedding)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p), alpha=0.1)
+    views = torch.randn(2, 2, 3, 4, 32, 32)  # (B, V, C, T, H, W)
+    plain = predict_scores(model, views, [3], torch.device("cpu"))[0]
+    again = predict_scores(model, views, [3], torch.device("cpu"))[0]
+    shuffled = predict_scores(model, views, [3], torch.device("cpu"), shuffle=torch.Generator().manual_seed(0))[0]
+    assert torch.equal(plain, again) and not torch.allclose(plain, shuffled)
+    reversed_views = predict_scores(model, views.flip(3), [3], torch.device("cpu"))[0]
+    framewise = create_model("vit_tiny_framewise", num_classes=3).eval()
+    f_plain = predict_scores(framewise, views, [3], torch.device("cpu"))[0]
+    f_shuffled = predict_scores(framewise, views, [3], torch.device("cpu"), shuffle=torch.Generator().manual_seed(0))[0]
+    torch.testing.assert_close(f_plain, f_shuffled)
+    assert not torch.allclose(plain, reversed_views)
+
+
 def test_eval_errors(run: Path, tmp_path: Path, capsys) -> None:
     assert cli_main(["eval", str(run), "--views", "2x2"]) == 2
     assert "S 1 or 3" in capsys.readouterr().err
