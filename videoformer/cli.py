@@ -103,8 +103,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.predict import load_run, predict_files
 
     try:
-        k, s = _views(args.views)
         run = load_run(args.checkpoint)
+        compressed = run.cfg.data.input == "compressed"  # one TSN clip per video
+        k, s = _views(args.views or ("1x3" if compressed else "4x3"))
     except ValueError as err:
         print(f"videoformer predict: {err}", file=sys.stderr)
         return 2
@@ -170,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("checkpoint", help="run directory or checkpoint file")
     pr.add_argument("videos", nargs="+", metavar="VIDEO")
     pr.add_argument("--topk", type=int, default=5, help="classes shown per file (per head)")
-    pr.add_argument("--views", default="4x3", help="KxS views whose scores are averaged per file (default 4x3)")
+    pr.add_argument("--views", help="KxS views whose scores are averaged per file (default 4x3; 1x3 for "
+                    "compressed-domain runs)")
     pr.add_argument("--json", action="store_true", help="one JSON object per file (JSON lines)")
     pr.set_defaults(handler=cmd_predict)
 
