@@ -12,7 +12,7 @@ from ..models import MMViT, create_model, init_mmvit_from_image
 from ..weights import CheckpointError, init_from_image, load_pretrained
 from ..weights.common import load_checked
 from .checkpoint import load_checkpoint
-from .config import Config, ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
