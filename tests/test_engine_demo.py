@@ -35,3 +35,6 @@ def test_quick_demo_writes_a_measured_report(tmp_path: Path) -> None:
     text = report.read_text()
     assert all(f"| {r['model']} |" in text for r in rows) and "## What the measurements show" in text
     assert "Order-only classes: frame-wise ViT" in text and "Audio-only classes" in text
+    rollouts = [p for r in rows for p in r["rollouts"]]
+    assert len(rollouts) == 3 * len(rows) and all(Path(p).stat().st_size > 1000 for p in rollouts)
+    assert all(str(Path(p).relative_to(tmp_path)) in text for p in rollouts)

@@ -135,7 +135,28 @@ def train_and_evaluate(spec: DemoModel, data: Path, out: Path, quick: bool = Fal
         row.update({f"{tag}top1": res.top1, f"{tag}order_acc": _group_acc(conf, run.classes, ORDER_ONLY),
                     f"{tag}audio_acc": _group_acc(conf, run.classes, AUDIO_ONLY)})
     row["num_videos"], row["skipped"] = plain.num_videos, plain.skipped
+    row["rollouts"] = rollout_images(run.model, data / ("mpeg4" if compressed else "h264") / "val", out / "rollout")
     return row
+
+
+def rollout_images(model, val_dir: Path, out: Path) -> list[str]:
+    """Attention-rollout overlays (MM-ViT §4.4) of the first validation video of one class per pair; an empty
+    list when matplotlib is missing or the model has no rollout."""
+    from ..analysis.rollout import RolloutError, attention_rollout, save_overlays, video_inputs
+    from .report import has_matplotlib
+
+    if not has_matplotlib():
+        return []
+    paths = []
+    for name in ("move_right", "rotate_cw", "high_tone"):
+        video = val_dir / name / "000.mp4"
+        try:
+            inputs, frames = video_inputs(model, str(video))
+            maps = attention_rollout(model, inputs)
+        except RolloutError:
+            return []
+        paths += save_overlays(maps, frames, str(out), name)
+    return paths
 
 
 def _verdicts(rows: list[dict]) -> list[str]:
@@ -178,6 +199,7 @@ def write_report(rows: list[dict], out: Path, seconds: float) -> Path:
         for png in ("curves.png", "confusion.png"):
             if (run / png).is_file():
                 lines.append(f"![{png}](runs/{r['name']}/{png})")
+        lines += [f"![rollout]({Path(p).relative_to(out)})" for p in r.get("rollouts", [])]
         lines.append("")
     path = out / "report.md"
     path.write_text("\n".join(lines))
