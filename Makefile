@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m videoformer.demo
+	$(PY) -m videoformer demo --out demo_out
 
 test: $(STAMP)
 	$(PY) -m pytest tests

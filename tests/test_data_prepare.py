@@ -9,7 +9,7 @@ import av
 import pytest
 
 from videoformer.data.annotations import read_folder
-from videoformer.data.prepare import PrepareConfig, load_prepared, main, prepare
+from videoformer.data.prepare import PrepareConfig, load_prepared, prepare
 from videoformer.data.synthetic import moving_square_frames, tone, write_video
 
 
@@ -56,7 +56,9 @@ def test_prepare_resumes_and_verifies(dataset, tmp_path):
 
 
 def test_extract_cli(dataset, tmp_path, capsys):
-    code = main([str(dataset), str(tmp_path / "o"), "--size", "64x48", "--workers", "1"])
+    from videoformer.cli import main as videoformer
+
+    code = videoformer(["extract", str(dataset), str(tmp_path / "o"), "--size", "64x48", "--workers", "1"])
     out = capsys.readouterr()
     assert code == 1 and "3 encoded" in out.out and "broken.mp4" in out.err
 

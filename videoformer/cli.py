@@ -1,8 +1,9 @@
 """The ``videoformer`` command: ``info`` (parameters and GMACs of a registered model), ``list`` (model names),
 ``train`` (a YAML config with ``key=value`` overrides), ``eval`` (multi-view testing of a run or checkpoint),
-``predict`` (class scores of video files).
+``predict`` (class scores of video files), ``extract`` (compressed-domain cache of a dataset), ``rollout``
+(attention-rollout overlays), ``demo`` (the synthetic-action demo behind ``make demo``).
 
-Later subcommands (``demo``) add a parser in :func:`build_parser` and a handler.
+Each subcommand is a parser in :func:`build_parser` and a handler.
 """
 from __future__ import annotations
 
@@ -138,6 +139,20 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract(args: argparse.Namespace) -> int:
+    """Re-encode a dataset to MPEG-4 (GOP 12, no B-frames) with audio features, atomically and resumably."""
+    from .data.prepare import run_extract
+
+    return run_extract(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build the synthetic action dataset, train the tiny models, write report.md."""
+    from .engine.demo import main as demo_main
+
+    return demo_main(["--out", args.out] + (["--quick"] if args.quick else []))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videoformer", description="Video transformers: model info and tools.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -186,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--num-classes", type=int, help="classifier outputs C, as in the weights (default: the model's)")
     ro.add_argument("--head-fusion", choices=("mean", "max"), default="mean", help="how heads are fused")
     ro.set_defaults(handler=cmd_rollout)
+
+    from .data.prepare import add_extract_arguments
+
+    ex = add_extract_arguments(sub.add_parser("extract", help="prepare a dataset for the compressed-domain models"))
+    ex.set_defaults(handler=cmd_extract)
+
+    de = sub.add_parser("demo", help="synthetic action dataset -> train tiny models -> measured report.md")
+    de.add_argument("--out", default="demo_out", help="output folder (dataset, runs, report.md)")
+    de.add_argument("--quick", action="store_true", help="a few videos and 2 epochs (for tests)")
+    de.set_defaults(handler=cmd_demo)
     return parser
 
 

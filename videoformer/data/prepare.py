@@ -241,7 +241,11 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 def main(argv: list[str] | None = None) -> int:
     """``videoformer extract DATASET OUT``: prints the output folder and a summary; exit 1 if any failed."""
-    args = add_extract_arguments(argparse.ArgumentParser(prog="videoformer extract")).parse_args(argv)
+    return run_extract(add_extract_arguments(argparse.ArgumentParser(prog="videoformer extract")).parse_args(argv))
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """Run ``extract`` on parsed arguments (the ``videoformer`` command mounts :func:`add_extract_arguments`)."""
     w, h = (int(v) for v in args.size.lower().split("x"))
     ds = Path(args.dataset)
     ann = read_folder(ds) if ds.is_dir() else read_csv(ds)
