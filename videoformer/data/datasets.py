@@ -66,6 +66,11 @@ class _SkippingDataset(Dataset):
     def _load(self, record: VideoRecord, rng: np.random.Generator):
         raise NotImplementedError
 
+    def load(self, index: int):
+        """Sample ``index`` itself, or the ``VideoReadError`` / ``ValueError`` / ``OSError`` that makes it
+        unreadable: no replacement (evaluation must not score one video twice)."""
+        return self._load(self.records[index], self._rng(index))
+
     def __getitem__(self, index: int):
         n = len(self.records)
         for k in range(n):

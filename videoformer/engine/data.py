@@ -158,7 +158,7 @@ class EvalItems(Dataset):
     def __getitem__(self, i: int):
         record = self.base.records[i]
         try:
-            views, label = split_sample(self.base._load(record, self.base._rng(i)))
+            views, label = split_sample(self.base.load(i))
         except (VideoReadError, ValueError, OSError) as err:
             return torch.empty(0), torch.tensor(record.label), i, str(err)
         return as_views(views, self.num_views), label, i, ""
