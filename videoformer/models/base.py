@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -58,12 +58,15 @@ class VideoModel(nn.Module):
         names |= {n for n, _ in self.named_parameters() if n.split(".")[-1] in ("cls_token", "temporal_cls_token")}
         return names
 
+    def run_block(self, block: nn.Module, *args: Any) -> Any:
+        """``block(*args)``, recomputed in the backward pass when gradient checkpointing is on."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
     def run_blocks(self, blocks: Sequence[Block], x: torch.Tensor, grid: Grid) -> torch.Tensor:
         for block in blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, grid, use_reentrant=False)
-            else:
-                x = block(x, grid)
+            x = self.run_block(block, x, grid)
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

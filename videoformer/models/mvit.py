@@ -15,7 +15,6 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, Grid, JointPosEmbed, Mlp, SeparablePosEmbed, check_video, drop_path_rates
 from ..layers.pooling import POOL_MODES, PoolingAttention, PoolMode, Triple, make_pool, same_padding
@@ -191,11 +190,8 @@ class MViT(VideoModel):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if self.pos_embed is not None:
             x = self.pos_embed(x, grid)
-        for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x, grid = checkpoint(block, x, grid, use_reentrant=False)
-            else:
-                x, grid = block(x, grid)
+        for block in self.blocks:  # blocks pool the grid, so each returns its new size
+            x, grid = self.run_block(block, x, grid)
         return self.norm(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
