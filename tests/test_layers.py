@@ -119,3 +119,14 @@ def test_drop_path_rates_and_behaviour():
     kept = (y[:, 0] > 0).float().mean()
     assert 0.45 < kept < 0.55 and torch.allclose(y[y > 0], torch.tensor(2.0))
     assert torch.equal(dp.eval()(torch.ones(5, 3)), torch.ones(5, 3))
+
+
+def test_positional_init_scales_are_config_values():
+    """Default: ViT's 0.02 and a zero time embedding (official TimeSformer); both settable for scratch training."""
+    from videoformer.models import create_model
+
+    default = create_model("timesformer_tiny_divided")
+    assert default.pos_embed.time.abs().max() == 0 and 0.01 < default.pos_embed.space.std() < 0.03
+    big = create_model("timesformer_tiny_divided", pos_embed_std=0.5, time_embed_std=0.5)
+    assert 0.3 < big.pos_embed.space.std() < 0.6 and 0.3 < big.pos_embed.time.std() < 0.6
+    assert 0.3 < create_model("vivit_tiny_joint", pos_embed_std=0.5).pos_embed.pos.std() < 0.6

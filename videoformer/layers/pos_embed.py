@@ -45,12 +45,14 @@ class SeparablePosEmbed(nn.Module):
     """Space embedding ``(1, P + H*W, D)`` shared by all frames plus time embedding ``(1, T, D)`` shared by
     all positions (TimeSformer, MViT default). Prefix tokens get only their space embedding."""
 
-    def __init__(self, dim: int, grid: Grid, std: float = 0.02, time: bool = True) -> None:
+    def __init__(self, dim: int, grid: Grid, std: float = 0.02, time: bool = True, time_std: float = 0.0) -> None:
         super().__init__()
         self.grid = grid
         self.space = nn.Parameter(torch.zeros(1, grid.prefix + grid.h * grid.w, dim))
         nn.init.trunc_normal_(self.space, std=std)
         self.time = nn.Parameter(torch.zeros(1, grid.t, dim)) if time else None
+        if self.time is not None and time_std > 0:  # zeros by default, as the official TimeSformer
+            nn.init.trunc_normal_(self.time, std=time_std)
 
     def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         P = self.grid.prefix

@@ -213,11 +213,13 @@ class MMViT(VideoModel):
         visual = [m for m in cfg.modalities if m in VISUAL]
         p, n = cfg.patch_size, cfg.patches
         self.embeds = nn.ModuleDict({m: TubeletEmbed(MODALITIES[m], d, (1, p, p)) for m in visual})  # Eq. 1-3
-        self.pos_embeds = nn.ModuleDict({m: SeparablePosEmbed(d, Grid(t=cfg.num_frames, h=n, w=n)) for m in visual})
+        self.pos_embeds = nn.ModuleDict({
+            m: SeparablePosEmbed(d, Grid(t=cfg.num_frames, h=n, w=n), cfg.pos_embed_std, time_std=cfg.time_embed_std)
+            for m in visual})
         if "audio" in cfg.modalities:  # Eq. 4
             self.audio_embed = nn.Linear(cfg.audio_dim, d)
             self.audio_pos = nn.Parameter(torch.zeros(1, cfg.num_frames, d))
-            nn.init.trunc_normal_(self.audio_pos, std=0.02)
+            nn.init.trunc_normal_(self.audio_pos, std=cfg.pos_embed_std)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.blocks = nn.ModuleList(
             Block(d, sublayer_plan(cfg), cfg.mlp_ratio, rate, cfg.drop_rate, cfg.act, cfg.norm_eps)

@@ -161,9 +161,9 @@ class MViT(VideoModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed: nn.Module | None = {
             "none": lambda: None,
-            "space": lambda: SeparablePosEmbed(d, cfg.grid, time=False),
-            "joint": lambda: JointPosEmbed(d, cfg.grid),
-            "separable": lambda: SeparablePosEmbed(d, cfg.grid),
+            "space": lambda: SeparablePosEmbed(d, cfg.grid, cfg.pos_embed_std, time=False),
+            "joint": lambda: JointPosEmbed(d, cfg.grid, cfg.pos_embed_std),
+            "separable": lambda: SeparablePosEmbed(d, cfg.grid, cfg.pos_embed_std, time_std=cfg.time_embed_std),
         }[cfg.pos_embed]()
         rates, blocks = iter(drop_path_rates(cfg.drop_path_rate, cfg.depth)), []
         n_stages, no_stride = len(cfg.stage_depths), (1, 1, 1)

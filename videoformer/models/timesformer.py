@@ -64,7 +64,8 @@ class TimeSformer(VideoModel):
         self.cfg, self.num_features, d = cfg, cfg.dim, cfg.dim
         self.patch_embed = TubeletEmbed(cfg.in_chans, d, (1, cfg.patch_size, cfg.patch_size))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.pos_embed = SeparablePosEmbed(d, Grid(t=cfg.num_frames, h=cfg.patches, w=cfg.patches, prefix=1))
+        self.pos_embed = SeparablePosEmbed(d, Grid(t=cfg.num_frames, h=cfg.patches, w=cfg.patches, prefix=1),
+                                           cfg.pos_embed_std, time_std=cfg.time_embed_std)
         plan = sublayer_plan(cfg.scheme, cfg.patches)
         self.blocks = nn.ModuleList(
             Block(

@@ -31,7 +31,8 @@ class FramewiseViT(VideoModel):
         self.patch_embed = TubeletEmbed(cfg.in_chans, d, (1, cfg.patch_size, cfg.patch_size))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.class_token else None
         self.num_prefix = int(cfg.class_token)
-        self.pos_embed = JointPosEmbed(d, Grid(t=1, h=cfg.patches, w=cfg.patches, prefix=self.num_prefix))
+        self.pos_embed = JointPosEmbed(d, Grid(t=1, h=cfg.patches, w=cfg.patches, prefix=self.num_prefix),
+                                       cfg.pos_embed_std)
         self.blocks = nn.ModuleList(
             Block(
                 d,

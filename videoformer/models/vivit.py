@@ -61,16 +61,16 @@ class ViViT(VideoModel):
         if cfg.model == 2:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.spatial_pool == "token" else None
             prefix = int(self.cls_token is not None)
-            self.pos_embed = JointPosEmbed(d, Grid(t=1, h=n, w=n, prefix=prefix))
+            self.pos_embed = JointPosEmbed(d, Grid(t=1, h=n, w=n, prefix=prefix), cfg.pos_embed_std)
             self.blocks = nn.ModuleList(block([[ALL]], r) for r in rates[: cfg.depth])
             self.norm_spatial = nn.LayerNorm(d, eps=cfg.norm_eps)
             if cfg.temporal_depth:
                 self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, d))
-                self.temporal_pos_embed = JointPosEmbed(d, Grid(t=nt, h=1, w=1, prefix=1))
+                self.temporal_pos_embed = JointPosEmbed(d, Grid(t=nt, h=1, w=1, prefix=1), cfg.pos_embed_std)
                 self.temporal_blocks = nn.ModuleList(block([[TIME]], r) for r in rates[cfg.depth:])
         else:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.model == 1 else None
-            self.pos_embed = JointPosEmbed(d, Grid(t=nt, h=n, w=n, prefix=int(cfg.model == 1)))
+            self.pos_embed = JointPosEmbed(d, Grid(t=nt, h=n, w=n, prefix=int(cfg.model == 1)), cfg.pos_embed_std)
             sublayers = {1: [[ALL]], 3: [[SPACE], [TIME]] if cfg.order == "st" else [[TIME], [SPACE]],
                          4: [[SPACE, TIME]]}[cfg.model]
             self.blocks = nn.ModuleList(block(sublayers, r) for r in rates)
