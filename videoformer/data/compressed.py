@@ -98,6 +98,15 @@ def reencode_mpeg4(
                     layout = "stereo" if (ain.codec_context.channels or 1) >= 2 else "mono"
                     as_ = out.add_stream("aac", rate=sr, layout=layout)
                     resampler = av.AudioResampler(format="fltp", layout=layout, rate=sr, frame_size=1024)
+
+                def encode_audio(frame: av.AudioFrame | None) -> None:
+                    """Resample ``frame`` (None: flush) to AAC frames with contiguous pts and mux them."""
+                    nonlocal a_pts
+                    for f in resampler.resample(frame):
+                        f.pts, a_pts = a_pts, a_pts + f.samples
+                        for p in as_.encode(f):
+                            out.mux(p)
+
                 n = 0
                 streams = [s for s in (vin, ain) if s is not None]
                 for packet in inp.demux(*streams):
@@ -114,17 +123,11 @@ def reencode_mpeg4(
                             if max_frames is not None and frame.time is not None and frame.time > max_frames / rate:
                                 continue
                             frame.pts = None
-                            for f in resampler.resample(frame):
-                                f.pts, a_pts = a_pts, a_pts + f.samples
-                                for p in as_.encode(f):
-                                    out.mux(p)
+                            encode_audio(frame)
                 for p in vs.encode():
                     out.mux(p)
                 if as_ is not None:
-                    for f in resampler.resample(None):
-                        f.pts, a_pts = a_pts, a_pts + f.samples
-                        for p in as_.encode(f):
-                            out.mux(p)
+                    encode_audio(None)
                     for p in as_.encode():
                         out.mux(p)
         except av.FFmpegError as e:

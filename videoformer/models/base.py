@@ -58,6 +58,11 @@ class VideoModel(nn.Module):
         names |= {n for n, _ in self.named_parameters() if n.split(".")[-1] in ("cls_token", "temporal_cls_token")}
         return names
 
+    @staticmethod
+    def prepend(token: nn.Parameter | None, x: torch.Tensor) -> torch.Tensor:
+        """``[token, x_1 .. x_N]`` for every clip of the batch (ViViT Eq. 1); ``x`` itself when ``token`` is None."""
+        return x if token is None else torch.cat([token.expand(x.shape[0], -1, -1), x], dim=1)
+
     def run_block(self, block: nn.Module, *args: Any) -> Any:
         """``block(*args)``, recomputed in the backward pass when gradient checkpointing is on."""
         if self.grad_checkpointing and torch.is_grad_enabled():

@@ -283,7 +283,7 @@ class MMViT(VideoModel):
                 tokens.append(repeat(z, "b t d -> b (t n) d", n=grid.h * grid.w))
         grid = grid.replace(m=len(self.modalities), prefix=1)
         body = torch.cat(tokens, dim=1)
-        return torch.cat([self.cls_token.expand(body.shape[0], -1, -1), body], dim=1), grid
+        return self.prepend(self.cls_token, body), grid
 
     def forward_features(self, inputs: Mapping[str, torch.Tensor] | None = None, **kwargs: torch.Tensor
                          ) -> torch.Tensor:

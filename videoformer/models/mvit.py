@@ -187,7 +187,7 @@ class MViT(VideoModel):
         """``(B, C, T, H, W)`` -> normalised tokens ``(B, 1 + T̃·H̃·W̃, D_last)`` of the last stage."""
         x, grid = self.patch_embed(x)
         grid = grid.replace(prefix=1)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.prepend(self.cls_token, x)
         if self.pos_embed is not None:
             x = self.pos_embed(x, grid)
         for block in self.blocks:  # blocks pool the grid, so each returns its new size

@@ -85,7 +85,7 @@ class TimeSformer(VideoModel):
         """``(B, C, T, H, W)`` -> normalised tokens ``(B, 1 + T*N, D)``."""
         x, grid = self.patch_embed(x)
         grid = grid.replace(prefix=1)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.prepend(self.cls_token, x)
         return self.norm(self.run_blocks(self.blocks, self.pos_embed(x, grid), grid))
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:

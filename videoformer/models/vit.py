@@ -54,9 +54,7 @@ class FramewiseViT(VideoModel):
         B, T = x.shape[0], grid.t
         x = rearrange(x, "b (t n) d -> (b t) n d", t=T)
         grid = FrameGrid(t=1, h=grid.h, w=grid.w, prefix=self.num_prefix, frames=T)  # frames fold into batch
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.run_blocks(self.blocks, self.pos_embed(x, grid), grid)
+        x = self.run_blocks(self.blocks, self.pos_embed(self.prepend(self.cls_token, x), grid), grid)
         return rearrange(self.norm(x), "(b t) n d -> b t n d", b=B)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:

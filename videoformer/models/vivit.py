@@ -82,28 +82,25 @@ class ViViT(VideoModel):
                 nn.init.trunc_normal_(getattr(self, name), std=0.02)
         self._init_head(cfg.num_classes, cfg.head_drop_rate)
 
-    def _with_cls(self, x: torch.Tensor, token: nn.Parameter | None) -> torch.Tensor:
-        return x if token is None else torch.cat([token.expand(x.shape[0], -1, -1), x], dim=1)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Clip -> normalised tokens: ``(B, P + N, D)``; model 2: ``(B, 1 + nt, D)`` temporal tokens
         (``(B, nt, D)`` frame representations when ``Lt = 0``)."""
         x, grid = self.patch_embed(x)
         if self.cfg.model != 2:
             grid = grid.replace(prefix=int(self.cls_token is not None))
-            x = self.pos_embed(self._with_cls(x, self.cls_token), grid)
+            x = self.pos_embed(self.prepend(self.cls_token, x), grid)
             return self.norm(self.run_blocks(self.blocks, x, grid))
         B, nt = x.shape[0], grid.t
         x = rearrange(x, "b (t n) d -> (b t) n d", t=nt)  # spatial encoder: one sequence per temporal index
         sgrid = grid.replace(t=1, prefix=int(self.cls_token is not None))
-        x = self.pos_embed(self._with_cls(x, self.cls_token), sgrid)
+        x = self.pos_embed(self.prepend(self.cls_token, x), sgrid)
         x = self.norm_spatial(self.run_blocks(self.blocks, x, sgrid))
         h = x[:, 0] if self.cls_token is not None else x.mean(dim=1)  # h_i
         h = rearrange(h, "(b t) d -> b t d", b=B)
         if not self.cfg.temporal_depth:
             return h
         tgrid = Grid(t=nt, h=1, w=1, prefix=1)
-        h = self.temporal_pos_embed(self._with_cls(h, self.temporal_cls_token), tgrid)
+        h = self.temporal_pos_embed(self.prepend(self.temporal_cls_token, h), tgrid)
         return self.norm(self.run_blocks(self.temporal_blocks, h, tgrid))
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
