@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from videoformer.engine.checkpoint import load_checkpoint
 from engine_util import base_overrides, make_folder_dataset, write_config
 
 
@@ -32,7 +33,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
     for a, b in zip(m1, m2):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-5
         assert a["train_acc"] == b["train_acc"] and a["val_top1"] == b["val_top1"]
-    w1, w2 = (torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    w1, w2 = (load_checkpoint(run / "checkpoints" / "last.pt")["model"]
               for run in (one, two))
     for key in w1:
         torch.testing.assert_close(w1[key], w2[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from videoformer.engine.checkpoint import load_checkpoint
 from engine_util import base_overrides, make_folder_dataset, write_config
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -22,7 +23,7 @@ def _train(config: Path) -> subprocess.Popen:
 
 
 def _final(run: Path) -> tuple[dict, str]:
-    state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
     return state["model"], (run / "metrics.jsonl").read_text()
 
 
@@ -49,7 +50,7 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path: Path) -> None:
             kills += 1
         proc.wait()
     assert kills == 2, "the run finished before it could be killed twice"
-    mid = torch.load(last, map_location="cpu", weights_only=False)["progress"]
+    mid = load_checkpoint(last)["progress"]
     assert (mid["epoch"], mid["global_step"]) != (3, 18), "killed runs must stop before the end"
     proc = _train(config)
     out = proc.communicate(timeout=120)[1]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from videoformer.engine.checkpoint import load_checkpoint
 from engine_util import base_overrides, make_folder_dataset
 from videoformer.cli import main as cli_main
 from videoformer.engine import TrainingDiverged, load_config, train
@@ -24,7 +25,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def _last(run: Path) -> dict:
-    return torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    return load_checkpoint(run / "checkpoints" / "last.pt")
 
 
 def test_tiny_run_learns_and_writes_run_dir(data: Path, tmp_path: Path) -> None:

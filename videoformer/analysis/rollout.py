@@ -297,11 +297,16 @@ def rollout_video(model_name: str, video: str, out_dir: str, weights: str | None
     from pathlib import Path
 
     from ..models import create_model
-    from ..weights.common import load_checked, read_state_dict
+    from ..weights.common import CheckpointError, load_checked, read_file
 
     model = create_model(model_name, **{k: v for k, v in config.items() if v is not None})
     if weights is not None:
-        load_checked(model, read_state_dict(weights), str(weights))
+        state = read_file(weights)
+        if isinstance(state, dict) and isinstance(state.get("model"), dict) and "config" in state:
+            state = state["model"]  # a training checkpoint (checkpoints/last.pt, best.pt)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{weights} holds a {type(state).__name__}, not a state dict")
+        load_checked(model, state, str(weights))
     inputs, frames = video_inputs(model, video)
     maps = attention_rollout(model, inputs, head_fusion)
     return save_overlays(maps, frames, out_dir, f"{model_name}_{Path(video).stem}")

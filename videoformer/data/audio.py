@@ -175,23 +175,12 @@ class VGGish(nn.Module):
 
 
 def _load_tensors(path: str) -> dict:
-    """Tensors from .safetensors, .npz (``allow_pickle=False``) or .pth/.pt (``weights_only=True``)."""
+    """Tensors from .safetensors, .npz or a torch file, through the library's one pickle-free reader."""
+    from ..weights.common import read_state_dict
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: VGGish weights / PCA parameters not found")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return dict(load_file(path))
-        if path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as z:
-                return {k: torch.from_numpy(z[k]) for k in z.files}
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any loader failure: name the file
-        raise ValueError(f"{path}: cannot read tensors ({type(e).__name__}: {e})") from e
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path}: expected a dict of tensors, got {type(sd).__name__}")
-    return sd
+    return read_state_dict(path)
 
 
 def load_vggish(path: str | os.PathLike, postprocess: bool = False, pca_params: str | os.PathLike | None = None

@@ -1,16 +1,19 @@
 """What every weight converter shares: safe file reading and strict key / shape checking.
 
-``read_state_dict(path)`` reads ``.safetensors`` or a torch pickle with ``weights_only=True`` (never arbitrary
-objects). ``check_state_dict(state_dict, expected, source)`` raises :class:`CheckpointMismatchError` listing
+``read_file(path)`` is the library's one reader of weight and checkpoint files: ``.safetensors``, ``.npz``
+(``allow_pickle=False``) or a torch pickle loaded with ``weights_only=True`` -- never arbitrary objects, so a
+crafted file cannot run code. ``read_state_dict(path)`` is ``read_file`` that insists on names -> tensors. ``check_state_dict(state_dict, expected, source)`` raises :class:`CheckpointMismatchError` listing
 every missing, unexpected and wrongly shaped key at once. ``load_checked(model, state_dict, source)`` checks
 against the model's own state dict, then loads strictly.
 """
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -46,19 +49,31 @@ class CheckpointMismatchError(CheckpointError):
         super().__init__("\n".join(lines))
 
 
-def read_state_dict(path: str | Path) -> StateDict:
-    """Tensors of a ``.safetensors`` file, or of a torch pickle (``.bin`` / ``.pt`` / ``.pth``) loaded with
-    ``weights_only=True``; a top-level mapping of names to tensors is required."""
+def read_file(path: str | Path) -> Any:
+    """The contents of a weight or checkpoint file, read without executing anything: ``.safetensors`` and
+    ``.npz`` (arrays only) by suffix, anything else as a torch file with ``weights_only=True`` (tensors, numbers,
+    strings, lists, tuples and dicts only; any other pickled object is refused, never constructed)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            state = load_file(path, device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+            return load_file(path, device="cpu")
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return {k: torch.from_numpy(z[k]) for k in z.files}
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"refusing to read {path}: it holds pickled objects other than tensors and plain "
+                              f"data, which could run code ({str(err).splitlines()[0] if str(err) else err})") from err
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def read_state_dict(path: str | Path) -> StateDict:
+    """Tensors of a ``.safetensors`` / ``.npz`` file or of a torch file (:func:`read_file`); a top-level mapping
+    of names to tensors is required."""
+    state = read_file(path)
     if not isinstance(state, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a mapping of names to tensors")
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]

@@ -17,7 +17,6 @@ What changes on the way:
 """
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 from typing import Mapping
@@ -26,7 +25,7 @@ import torch
 
 from ..layers import JointPosEmbed
 from ..models.mvit import MViT
-from .common import CheckpointError, StateDict, load_checked, read_state_dict
+from .common import CheckpointError, StateDict, load_checked, read_file
 
 LAYOUTS = ("pyslowfast", "torchvision")
 
@@ -100,17 +99,9 @@ def convert_mvit(state_dict: Mapping[str, torch.Tensor], joint_pos: bool = False
 
 
 def read_checkpoint(path: str | Path) -> StateDict:
-    """A state dict from ``.safetensors`` or a torch pickle (``weights_only=True``), unwrapping PySlowFast's
+    """A state dict from any file :func:`~.common.read_file` reads, unwrapping PySlowFast's
     ``{"model_state": ...}`` and the ``{"model": ...}`` of torchvision's training scripts."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return read_state_dict(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    obj = read_file(path)
     for wrapper in ("model_state", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
