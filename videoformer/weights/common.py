@@ -2,7 +2,10 @@
 
 ``read_file(path)`` is the library's one reader of weight and checkpoint files: ``.safetensors``, ``.npz``
 (``allow_pickle=False``) or a torch pickle loaded with ``weights_only=True`` -- never arbitrary objects, so a
-crafted file cannot run code. ``read_state_dict(path)`` is ``read_file`` that insists on names -> tensors. ``check_state_dict(state_dict, expected, source)`` raises :class:`CheckpointMismatchError` listing
+crafted file cannot run code; the format is recognised from the contents, not the suffix (``.pyth``, ``.pth``,
+``checkpoint_1000``). ``read_state_dict(path)`` is ``read_file`` that insists on names -> tensors.
+``Converted`` and ``register_format`` are the contract of the official-checkpoint converters.
+``check_state_dict(state_dict, expected, source)`` raises :class:`CheckpointMismatchError` listing
 every missing, unexpected and wrongly shaped key at once. ``load_checked(model, state_dict, source)`` checks
 against the model's own state dict, then loads strictly.
 """
@@ -10,14 +13,17 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
+
+from ..data.preprocessing import Preprocessing
 
 StateDict = dict[str, torch.Tensor]
 Shape = Sequence[int]
@@ -49,24 +55,59 @@ class CheckpointMismatchError(CheckpointError):
         super().__init__("\n".join(lines))
 
 
+def sniff(path: Path) -> str:
+    """The container of a file from its first bytes: ``safetensors``, ``npz``, ``torch`` (zip or legacy
+    pickle), ``msgpack`` (flax / Scenic) or ``unknown``."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            return "unknown"
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        return "torch"
+    if head[:1] == b"\x80":  # pickle protocol 2+: torch's legacy format
+        return "torch"
+    if head[:1] and (0x80 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):  # msgpack map
+        return "msgpack"
+    return "unknown"
+
+
+def _read_msgpack(path: Path) -> Any:
+    raise CheckpointError(f"{path}: flax / Scenic msgpack checkpoints are not readable yet")
+
+
 def read_file(path: str | Path) -> Any:
-    """The contents of a weight or checkpoint file, read without executing anything: ``.safetensors`` and
-    ``.npz`` (arrays only) by suffix, anything else as a torch file with ``weights_only=True`` (tensors, numbers,
-    strings, lists, tuples and dicts only; any other pickled object is refused, never constructed)."""
+    """The contents of a weight or checkpoint file, read without executing anything: safetensors, npz (arrays
+    only), msgpack, or a torch file with ``weights_only=True`` (tensors, numbers, strings, lists, tuples and
+    dicts only; any other pickled object is refused, never constructed). The format comes from the contents."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} does not exist")
+    kind = sniff(path)
     try:
-        if path.suffix == ".safetensors":
+        if kind == "safetensors":
             return load_file(path, device="cpu")
-        if path.suffix == ".npz":
+        if kind == "npz":
             with np.load(path, allow_pickle=False) as z:
                 return {k: torch.from_numpy(z[k]) for k in z.files}
+        if kind == "msgpack":
+            return _read_msgpack(path)
+        if kind == "unknown":
+            raise CheckpointError(f"{path}: not a checkpoint file (known containers: safetensors, torch, npz, "
+                                  "flax msgpack)")
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"refusing to read {path}: it holds pickled objects other than tensors and plain "
                               f"data, which could run code ({str(err).splitlines()[0] if str(err) else err})") from err
     except (SafetensorError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        if isinstance(err, CheckpointError):
+            raise
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
 
 
@@ -102,3 +143,36 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
     check_state_dict(state_dict, {k: v.shape for k, v in model.state_dict().items()}, source)
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+@dataclass
+class Converted:
+    """An official checkpoint translated to this library: the registered architecture, the config fields that
+    differ from its defaults, the weights in this library's key layout, and the input convention."""
+
+    model: str  # registry name, e.g. "timesformer_b16_divided"
+    config: dict[str, Any]  # create_model overrides: num_classes, num_frames, img_size, readout, ...
+    state_dict: StateDict
+    source: str  # the file, for messages
+    preprocessing: Preprocessing | None = None  # None: the registered model's default
+    classes: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Format:
+    """One checkpoint layout: ``detect(obj)`` says whether a file's contents (as :func:`read_file` returns them)
+    are in this layout; ``convert(obj, source, model, overrides)`` translates them (``model``: a registry name
+    the caller insists on, or None; ``overrides``: config fields the caller sets)."""
+
+    name: str
+    detect: Callable[[Any], bool]
+    convert: Callable[[Any, str, str | None, dict[str, Any]], Converted]
+
+
+FORMATS: dict[str, Format] = {}
+
+
+def register_format(fmt: Format) -> Format:
+    """Make a layout known to ``load_pretrained``; each converter module registers its own at import."""
+    FORMATS[fmt.name] = fmt
+    return fmt
