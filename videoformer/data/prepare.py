@@ -340,8 +340,12 @@ def _locked(root: Path):
 def _scan(src: Path, skip: Path) -> tuple[list[str], list[str]]:
     """(relative video paths, relative annotation files) of a dataset folder, or of the videos a CSV lists."""
     if src.is_dir():
-        videos, notes = [], []
-        for folder, dirs, files in os.walk(src):
+        videos, notes, seen = [], [], set()
+        for folder, dirs, files in os.walk(src, followlinks=True):  # symlinked class / split folders count
+            if os.path.realpath(folder) in seen:  # a link cycle
+                dirs[:] = []
+                continue
+            seen.add(os.path.realpath(folder))
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(folder, d) != skip)
             for name in sorted(files):
                 if name.startswith(".") or name.endswith(".extract.json"):
@@ -554,7 +558,7 @@ def run_extract(args: argparse.Namespace) -> int:
     try:
         res = extract_dataset(args.dataset, args.out, PrepareConfig(w, h, args.gop, args.qscale),
                               workers=args.workers)
-    except (ExtractError, AnnotationError) as err:
+    except (ExtractError, AnnotationError, OSError) as err:  # OSError: e.g. OUT not writable
         print(f"videoformer extract: {err}", file=sys.stderr)
         return 2
     repaired = f" ({res.repaired} re-extracted: damaged or source changed)" if res.repaired else ""
