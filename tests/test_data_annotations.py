@@ -212,6 +212,10 @@ def test_csv_video_paths_resolve_against_the_csv_folder(tmp_path: Path) -> None:
     val = read_split(data, "val", train.classes)
     assert all(r.path.startswith(str(tmp_path / "train")) for r in train.records) and len(train) == 3
     assert all(r.path.startswith(str(tmp_path / "val")) for r in val.records) and len(val) == 3
+    (tmp_path / "train" / "cache.csv").write_text("path,source\nvideos/0.mp4,/data/0.avi\n")
+    with pytest.raises(AnnotationError, match=r"cache.csv: line 1: expected the header path,label\[,start,end\], "
+                                              r"got path,source \(the manifest.csv of videoformer extract"):
+        read_split(DataConfig(format="csv", root=str(tmp_path / "train"), train="cache.csv"), "train")
     (tmp_path / "elsewhere.csv").write_text("path,label\nvideos/0.mp4,0\n")  # relative to data.root only
     with pytest.raises(ConfigError, match=r"1 listed videos missing; relative paths are read from the CSV's "
                                           rf"folder {tmp_path}"):

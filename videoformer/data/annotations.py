@@ -413,7 +413,7 @@ def read_epic_kitchens(csv_path: str | os.PathLike, root: str | os.PathLike, che
 
 def read_csv(csv_path: str | os.PathLike, root: str | os.PathLike | None = None, classes: list[str] | None = None,
              check_exists: bool = True) -> Annotations:
-    """Generic ``path,label[,start,end]`` CSV (header ``path,...`` optional; start / end in seconds).
+    """Generic ``path,label[,start,end]`` CSV (that header line optional; start / end in seconds).
 
     Relative paths are relative to the CSV's own folder (``root`` overrides that base). A label is a class
     name or an integer class index: with ``classes`` given, a name must be one of them and an index inside
@@ -430,6 +430,12 @@ def read_csv(csv_path: str | os.PathLike, root: str | os.PathLike | None = None,
     except csv.Error as e:
         raise AnnotationError(csv_path, f"line {reader.line_num}: {e}") from None
     if rows and rows[0][1][0].lower() == "path":
+        header = [c.lower() for c in rows[0][1]]
+        if header not in (["path", "label"], ["path", "label", "start", "end"]):
+            hint = (" (the manifest.csv of videoformer extract lists cached files, not labels: read the cache with "
+                    "the dataset's own annotations and data.root at the cache)" if "source" in header else "")
+            raise AnnotationError(csv_path, f"line {rows[0][0]}: expected the header path,label[,start,end], got "
+                                            f"{','.join(rows[0][1])}{hint}")
         rows = rows[1:]
     for line, r in rows:
         if len(r) not in (2, 4):
