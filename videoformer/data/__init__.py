@@ -34,8 +34,8 @@ from videoformer.data.mixup import Mixup, one_hot_smooth
 from videoformer.data.prepare import PrepareConfig, extract_dataset, verify_cached
 
 __all__ = [
-    "AnnotationError", "CacheError", "ExtractError", "VideoDecodeError", "VideoReadError", "View", "VideoInfo", "dense_indices",
-    "multiview_indices", "probe", "read_all_frames", "read_clip", "spatial_crop_offsets", "uniform_indices",
+    "AnnotationError", "CacheError", "ExtractError", "VideoDecodeError", "VideoReadError", "View", "VideoInfo",
+    "dense_indices", "multiview_indices", "probe", "read_all_frames", "read_clip", "spatial_crop_offsets", "uniform_indices",
     "CompressedClip", "extract_compressed", "reencode_mpeg4", "Annotations", "VideoRecord", "read_csv",
     "read_epic_kitchens", "read_folder", "read_hmdb51", "read_kinetics", "read_ssv2", "read_ucf101",
     "CompressedVideoDataset", "DatasetFailure", "VideoDataset", "CompressedTransform", "VideoTransform",
