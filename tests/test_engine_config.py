@@ -78,7 +78,7 @@ def test_csv_label_outside_class_list(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     overrides = base_overrides(data, run) + ["data.format=csv", f"data.train={tmp_path / 'train.csv'}",
                                              f"data.val={tmp_path / 'val.csv'}", "train.batch_size=2"]
-    _fails_before_training(overrides, AnnotationError, r"val.csv: row 1: KeyError\('cow'\)", run)
+    _fails_before_training(overrides, AnnotationError, r"val.csv: line 2: label 'cow' is not one of the 2 classes", run)
 
 
 def test_checkpoint_from_another_model(data: Path, tmp_path: Path, capsys) -> None:

@@ -197,7 +197,7 @@ def extract_compressed(
     unless ``indices`` is given. Expects a stream without B-frames (``reencode_mpeg4``); future
     references of any B-frame are ignored with a warning. ``audio_embedder`` maps log-mel examples
     (N, 96, 64) to (N, 128); default :func:`videoformer.data.audio.default_embedder`. The log-mel
-    cached by :func:`videoformer.data.prepare.prepare` next to the video is used when present.
+    cached by ``videoformer extract`` (:mod:`videoformer.data.prepare`) next to the video is used when present.
     """
     path = os.fspath(path)
     info = probe(path)
@@ -356,7 +356,7 @@ def _audio(path: str, idx: np.ndarray, fps: float, enabled: bool, embedder, has_
     t = len(idx)
     if not enabled:
         return np.zeros((t, 128), np.float32), None, has_audio
-    cached = cached_logmel(path)  # written by `prepare`: no audio decoding per sample
+    cached = cached_logmel(path)  # written by `videoformer extract`: no audio decoding per sample
     if cached is not None:
         feats = audio_mod.examples_at(cached[0], idx / fps - cached[1])
     else:

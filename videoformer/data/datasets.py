@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from videoformer.data.annotations import VideoRecord
 from videoformer.data.compressed import extract_compressed
 from videoformer.data.errors import VideoReadError
+from videoformer.data.prepare import verify_cached
 from videoformer.data.sampling import dense_indices, uniform_indices
 from videoformer.data.video import probe, read_clip
 
@@ -66,10 +67,14 @@ class _SkippingDataset(Dataset):
     def _load(self, record: VideoRecord, rng: np.random.Generator):
         raise NotImplementedError
 
+    def _read(self, record: VideoRecord, rng: np.random.Generator):
+        verify_cached(record.path)  # a damaged `videoformer extract` cache file is unreadable (CacheError)
+        return self._load(record, rng)
+
     def load(self, index: int):
         """Sample ``index`` itself, or the ``VideoReadError`` / ``ValueError`` / ``OSError`` that makes it
         unreadable: no replacement (evaluation must not score one video twice)."""
-        return self._load(self.records[index], self._rng(index))
+        return self._read(self.records[index], self._rng(index))
 
     def __getitem__(self, index: int):
         n = len(self.records)
@@ -78,7 +83,7 @@ class _SkippingDataset(Dataset):
             record = self.records[i]
             self.stats.attempts += 1
             try:
-                return self._load(record, self._rng(i))
+                return self._read(record, self._rng(i))
             except (VideoReadError, ValueError, OSError) as e:
                 self.stats.failures += 1
                 self.stats.last_error = str(e)
@@ -153,7 +158,7 @@ class CompressedVideoDataset(_SkippingDataset):
     ``residual`` (T, 3, H, W) (raw ints, or normalised floats via ``transform(iframe, mv, residual,
     rng)``), ``audio`` (T, 128) float, ``has_audio`` and ``label``.
 
-    Records should point at MPEG-4 re-encodes (``reencode_mpeg4`` / ``prepare``); ``num_segments``
+    Records should point at MPEG-4 re-encodes (``reencode_mpeg4`` / ``videoformer extract``); ``num_segments``
     frames are sampled TSN-style within the record's segment.
     """
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 import os
 
 
-class VideoReadError(ValueError):
-    """A video (or its audio) could not be opened, demuxed or decoded.
-
-    ``path`` is the offending file and ``cause`` a short human-readable reason; the original
-    exception (FFmpeg / OS error) is chained as ``__cause__``.
-    """
+class _PathError(ValueError):
+    """``path: cause``; ``path`` is the offending file or folder, ``cause`` a short human-readable reason."""
 
     def __init__(self, path: str | os.PathLike, cause: str) -> None:
         self.path = os.fspath(path)
@@ -21,17 +17,27 @@ class VideoReadError(ValueError):
         return (type(self), (self.path, self.cause))
 
 
+class VideoReadError(_PathError):
+    """A video (or its audio) could not be opened, demuxed or decoded.
+
+    The original exception (FFmpeg / OS error) is chained as ``__cause__``.
+    """
+
+
 #: Alias kept for readers who look for the decode-specific name.
 VideoDecodeError = VideoReadError
 
 
-class AnnotationError(ValueError):
+class AnnotationError(_PathError):
     """An annotation file (CSV / JSON / split list) is malformed; names the file and the line."""
 
-    def __init__(self, path: str | os.PathLike, cause: str) -> None:
-        self.path = os.fspath(path)
-        self.cause = cause
-        super().__init__(f"{self.path}: {cause}")
 
-    def __reduce__(self):
-        return (type(self), (self.path, self.cause))
+class CacheError(VideoReadError):
+    """A file of the ``videoformer extract`` cache does not match the checksum written with it (or its
+    checksum record is unreadable). The message names the file and the command that repairs it; datasets
+    skip and count such a sample like any unreadable video."""
+
+
+class ExtractError(_PathError):
+    """``videoformer extract`` cannot run as asked (no videos, a cache made with other parameters or from
+    another dataset, colliding names, a full disk); names the file or folder and what to do."""

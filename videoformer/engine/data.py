@@ -50,13 +50,14 @@ def read_split(data: DataConfig, split: str, classes: list[str] | None = None) -
         ann = read_ssv2(labels, _resolve(root, spec), root)
     elif fmt == "epic":
         ann = read_epic_kitchens(_resolve(root, spec), root)
-    elif fmt == "csv":
-        ann = read_csv(_resolve(root, spec), root, classes)
+    elif fmt == "csv":  # video paths are relative to the CSV's own folder, never to data.root
+        ann = read_csv(_resolve(root, spec), classes=classes)
     else:
         ann = read_folder(_resolve(root, spec))
     if not ann.records:
+        where = f"; relative paths are read from the CSV's folder {Path(ann.source).parent}" if fmt == "csv" else ""
         raise ConfigError(f"data.{split}: no readable records in {ann.source or spec} "
-                          f"({ann.missing} listed videos missing)")
+                          f"({ann.missing} listed videos missing{where})")
     return ann
 
 
