@@ -37,10 +37,72 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
     ("train.schedule=step", r"train.milestones"),
     ("train", r"expected key=value"),
     ("train=3", r"'train' is a section"),
+    # every value's range is checked before anything is built (issue 9.3, 9.12)
+    ("train.clip_grad=-1", r"train.clip_grad must be >= 0, got -1.0; use train.clip_grad=null \(or 0\) to turn "
+                           r"clipping off"),
+    ("eval.batch_size=0", r"eval.batch_size must be >= 1, got 0"),
+    ("eval.num_clips=0", r"eval.num_clips must be >= 1"),
+    ("eval.num_crops=2", r"eval.num_crops: 2 is not one of 1, 3"),
+    ("data.stride=0", r"data.stride must be >= 1, got 0"),
+    ("model.num_frames=0", r"model.num_frames must be >= 1, got 0"),
+    ("model.img_size=-32", r"model.img_size must be >= 1"),
+    ("data.num_workers=-1", r"data.num_workers must be >= 0"),
+    ("data.max_fail_fraction=1.5", r"data.max_fail_fraction must be in \[0, 1\], got 1.5"),
+    ("data.max_fail_fraction=-0.1", r"data.max_fail_fraction must be in \[0, 1\]"),
+    ("data.min_scale=2", r"data.min_scale=2.0 exceeds data.max_scale=1.33"),
+    ("train.lr=-0.1", r"train.lr must be > 0"),
+    ("train.lr=inf", r"train.lr: expected a finite number"),
+    ("train.momentum=1.5", r"train.momentum must be in \[0, 1\]"),
+    ("train.betas=[0.9,1.0]", r"train.betas\[1\] must be in \[0, 1\)"),
+    ("train.betas=[0.9]", r"train.betas needs 2 values"),
+    ("train.milestones=[0]", r"train.milestones\[0\] must be >= 1"),
+    ("train.warmup_epochs=-1", r"train.warmup_epochs must be >= 0"),
+    ("train.min_lr=1", r"train.min_lr=1.0 exceeds train.lr=0.1"),
+    ("train.seed=-1", r"train.seed must be >= 0"),
+    ("train.device=cuda:7", r"train.device=cuda:7: no such device on this machine; available: auto, cpu"),
+    ("train.device=gpu0", r"train.device=gpu0: not a device name; available: auto, cpu"),
 ])
 def test_bad_overrides(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_clip_grad_off_and_on() -> None:
+    assert load_config(None, ["train.clip_grad=0"]).train.clip_grad == 0  # 0 and null: no clipping
+    assert load_config(None, ["train.clip_grad=null"]).train.clip_grad is None
+    assert load_config(None, ["train.clip_grad=1.5"]).train.clip_grad == 1.5
+
+
+def test_every_number_declares_its_range() -> None:
+    """Validation is systematic: every numeric field of every section (list elements included) carries its
+    Range or is a Literal, so a new field cannot slip through unchecked."""
+    import dataclasses
+    import typing
+
+    from videoformer.engine.config import Config, Range
+
+    def unchecked(tp) -> bool:
+        if typing.get_origin(tp) is typing.Annotated:
+            return not any(isinstance(m, Range) for m in tp.__metadata__) and unchecked(typing.get_args(tp)[0])
+        return tp in (int, float) or any(unchecked(a) for a in typing.get_args(tp))
+
+    config = Config()
+    sections = [f.name for f in dataclasses.fields(config) if dataclasses.is_dataclass(getattr(config, f.name))]
+    assert sections == ["model", "data", "train", "eval"]
+    for section in sections:
+        hints = typing.get_type_hints(type(getattr(config, section)), include_extras=True)
+        missing = [name for name, tp in hints.items() if unchecked(tp)]
+        assert not missing, f"{section}: {missing} have no declared range"
+
+
+def test_a_bad_value_fails_before_the_run_starts(data: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", base_overrides(data, run))
+    assert cli_main(["train", str(config), "eval.batch_size=0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "videoformer train: eval.batch_size must be >= 1, got 0\n" and not run.exists()
+    assert cli_main(["train", str(config), "train.device=cuda:7"]) == 2
+    assert "available: auto, cpu" in capsys.readouterr().err and not run.exists()
 
 
 def test_bad_yaml_names_the_file(tmp_path: Path) -> None:

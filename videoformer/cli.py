@@ -49,17 +49,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train (or resume) the run of a config file; configuration errors stop before the first step."""
-    from .engine import ConfigError, TrainingDiverged, load_config, train
+    """Train (or resume) the run of a config file; configuration errors stop before the first step. Each
+    failure is one message on stderr: exit 2 for bad input (config, data, checkpoint), 3 when training
+    diverged, 1 when a file could not be written (disk full)."""
+    from .data import DatasetFailure
+    from .engine import TrainingDiverged, load_config, train
 
     try:
         train(load_config(args.config, args.overrides))
     except TrainingDiverged as err:
         print(f"videoformer train: {err}", file=sys.stderr)
         return 3
-    except (ConfigError, ValueError) as err:  # config, annotation, checkpoint and model errors are ValueErrors
+    except (ValueError, DatasetFailure) as err:  # config, annotation, checkpoint, model, unreadable data
         print(f"videoformer train: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # CheckpointWriteError names the file
+        print(f"videoformer train: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -77,11 +83,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         k, s = _views(args.views)
         run = load_run(args.run, args.overrides)
         result = evaluate_run(run, k, s, shuffle_seed=0 if args.shuffle_frames else None, progress=not args.json)
-    except ValueError as err:  # config, annotation and checkpoint errors
+    except ValueError as err:  # config, annotation and checkpoint errors; no video scored; NaN / inf scores
         print(f"videoformer eval: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"checkpoint": run.source, "shuffle_frames": args.shuffle_frames, **result.summary()}))
+        print(json.dumps({"checkpoint": run.source, "shuffle_frames": args.shuffle_frames, **result.summary()},
+                         allow_nan=False))
         return 0
     print(f"checkpoint      {run.source}")
     print(f"views           {result.views} (clips x crops){'  frames shuffled' if args.shuffle_frames else ''}")
@@ -113,7 +120,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results = predict_files(run, args.videos, k, s, args.topk)
     for r in results:
         if args.json:
-            print(json.dumps(r))
+            print(json.dumps(r, allow_nan=False))
         elif "error" in r:
             print(f"{r['path']}: error: {r['error']}", file=sys.stderr)
         else:

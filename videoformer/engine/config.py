@@ -1,18 +1,21 @@
 """Run configuration: YAML files in ``configs/`` mapped onto dataclasses, ``key=value`` dotted overrides.
 
-Every key and every enumerated value is checked before anything is built; a mistake raises
-:class:`ConfigError` naming the file or override and listing the valid choices.
+Every key and every enumerated value is checked while the config is read; every value's range (declared
+once, on its field, as ``Annotated[type, Range(...)]``) and the rules that tie fields together are checked by
+:func:`validate` before anything is built. A mistake raises :class:`ConfigError` naming the key (and the file)
+and saying what is allowed.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import yaml
 
@@ -21,14 +24,68 @@ class ConfigError(ValueError):
     """An unknown key, a value of the wrong type or outside its choices, or an unreadable config file."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric field (``list[Annotated[float, Range(...)]]``: of each element): ``lo`` /
+    ``hi`` bounds (None: open ended), inclusive unless ``lo_open`` / ``hi_open``; ``hint`` is appended to the
+    error (e.g. how to turn a feature off). An unset (None) optional field is not checked."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    hint: str = ""
+
+    def describe(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+
+    def check(self, value: float, where: str) -> None:
+        low_ok = self.lo is None or value > self.lo or (not self.lo_open and value == self.lo)
+        high_ok = self.hi is None or value < self.hi or (not self.hi_open and value == self.hi)
+        if not (low_ok and high_ok):
+            hint = f"; {self.hint}" if self.hint else ""
+            raise ConfigError(f"{where} must be {self.describe()}, got {value}{hint}")
+
+
+@dataclass(frozen=True)
+class Length:
+    """A list field of exactly ``n`` values."""
+
+    n: int
+
+    def check(self, value: list, where: str) -> None:
+        if len(value) != self.n:
+            raise ConfigError(f"{where} needs {self.n} values, got {value}")
+
+
+class Device:
+    """``train.device``: ``auto`` or a device this machine has (checked in :func:`validate`, after overrides,
+    so a run trained on a GPU can be evaluated with ``train.device=cpu``)."""
+
+    def check(self, value: str, where: str) -> None:
+        from .distributed import check_device
+
+        check_device(value, where)
+
+
+POSITIVE = Range(0, lo_open=True)
+AT_LEAST_0 = Range(0)
+AT_LEAST_1 = Range(1)
+FRACTION = Range(0, 1)  # a probability or a share
+
+
 @dataclass
 class ModelConfig:
     name: str = "vit_tiny_framewise"
-    num_frames: int | None = None  # None: the registered default
-    img_size: int | None = None
-    num_classes: int | None = None  # None: from the dataset's class list
+    num_frames: Annotated[int | None, AT_LEAST_1] = None  # None: the registered default
+    img_size: Annotated[int | None, AT_LEAST_1] = None  # a multiple of the patch size (checked with the model)
+    num_classes: Annotated[int | None, AT_LEAST_1] = None  # None: from the dataset's class list
     pretrained: str | None = None  # a run checkpoint, a Hugging Face video dir, or an image ViT (HF / timm / npz)
-    drop_path_rate: float | None = None
+    drop_path_rate: Annotated[float | None, Range(0, 1, hi_open=True)] = None
     freeze: list[str] = field(default_factory=list)  # glob patterns over parameter names, e.g. "blocks.0.*"
     grad_checkpointing: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)  # further fields of the family's config dataclass
@@ -43,57 +100,59 @@ class DataConfig:
     annotations: str = ""  # split-file folder (ucf101 / hmdb51) or labels.json (ssv2), under root if relative
     input: Literal["rgb", "compressed"] = "rgb"
     sampler: Literal["dense", "uniform"] = "dense"
-    stride: int = 4  # frames between sampled frames (dense)
+    stride: Annotated[int, AT_LEAST_1] = 4  # frames between sampled frames (dense)
     crop: Literal["scale_jitter", "random_resized"] = "scale_jitter"
-    min_scale: float = 0.9
-    max_scale: float = 1.33
-    flip_prob: float = 0.5
-    color_jitter_prob: float = 0.0
-    randaug_layers: int = 0
-    randaug_magnitude: int = 15
+    min_scale: Annotated[float, POSITIVE] = 0.9  # scale jitter of the short side (<= max_scale)
+    max_scale: Annotated[float, POSITIVE] = 1.33
+    flip_prob: Annotated[float, FRACTION] = 0.5
+    color_jitter_prob: Annotated[float, FRACTION] = 0.0
+    randaug_layers: Annotated[int, AT_LEAST_0] = 0
+    randaug_magnitude: Annotated[int, Range(0, 30)] = 15  # on RandAugment's 0-30 scale
     audio_weights: str = ""  # VGGish weights for compressed input with audio (default: the data module's fallback)
-    num_workers: int = 0
-    max_fail_fraction: float = 0.1
+    num_workers: Annotated[int, AT_LEAST_0] = 0
+    max_fail_fraction: Annotated[float, FRACTION] = 0.1  # share of unreadable training samples (over all workers)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 8  # global batch per optimiser step is batch_size * accum_steps
-    accum_steps: int = 1
+    epochs: Annotated[int, AT_LEAST_1] = 30
+    batch_size: Annotated[int, AT_LEAST_1] = 8  # global batch per optimiser step is batch_size * accum_steps
+    accum_steps: Annotated[int, AT_LEAST_1] = 1
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
+    lr: Annotated[float, POSITIVE] = 0.1
+    momentum: Annotated[float, FRACTION] = 0.9
     nesterov: bool = False
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: Annotated[float, AT_LEAST_0] = 0.0
+    betas: Annotated[list[Annotated[float, Range(0, 1, hi_open=True)]], Length(2)] = field(
+        default_factory=lambda: [0.9, 0.999])
     schedule: Literal["cosine", "step", "plateau", "constant"] = "cosine"
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
-    milestones: list[int] = field(default_factory=list)  # step decay: epochs where lr *= gamma
-    gamma: float = 0.1
-    plateau_patience: int = 2  # plateau decay: epochs without val top-1 improvement before lr *= gamma
-    label_smoothing: float = 0.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    clip_grad: float | None = None
+    warmup_epochs: Annotated[float, AT_LEAST_0] = 0.0
+    min_lr: Annotated[float, AT_LEAST_0] = 0.0  # <= lr
+    milestones: list[Annotated[int, AT_LEAST_1]] = field(default_factory=list)  # step decay: epochs where lr *= gamma
+    gamma: Annotated[float, Range(0, 1, lo_open=True)] = 0.1
+    plateau_patience: Annotated[int, AT_LEAST_0] = 2  # plateau decay: epochs without val gain before lr *= gamma
+    label_smoothing: Annotated[float, Range(0, 1, hi_open=True)] = 0.0
+    mixup_alpha: Annotated[float, AT_LEAST_0] = 0.0
+    cutmix_alpha: Annotated[float, AT_LEAST_0] = 0.0
+    mixup_prob: Annotated[float, FRACTION] = 1.0
+    mixup_switch_prob: Annotated[float, FRACTION] = 0.5
+    # max gradient norm; null or 0: no clipping (a negative value is an error, never "off")
+    clip_grad: Annotated[float | None, Range(0, hint="use train.clip_grad=null (or 0) to turn clipping off")] = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    device: str = "auto"  # auto: cuda when available
-    seed: int = 0
+    device: Annotated[str, Device()] = "auto"  # auto: cuda when available
+    seed: Annotated[int, AT_LEAST_0] = 0
     deterministic: bool = False
-    checkpoint_every: int = 0  # optimiser steps between mid-epoch `last` checkpoints (0: end of epoch only)
-    eval_every: int = 1  # epochs
+    checkpoint_every: Annotated[int, AT_LEAST_0] = 0  # steps between mid-epoch `last` checkpoints (0: epoch ends only)
+    eval_every: Annotated[int, AT_LEAST_1] = 1  # epochs
     progress: bool = True
     reports: bool = True  # TensorBoard scalars and PNG plots, when tensorboard / matplotlib import
 
 
 @dataclass
 class EvalConfig:
-    num_clips: int = 1  # K temporal clips
-    num_crops: int = 1  # S spatial crops
-    batch_size: int = 8
+    num_clips: Annotated[int, AT_LEAST_1] = 1  # K temporal clips
+    num_crops: Literal[1, 3] = 1  # S spatial crops
+    batch_size: Annotated[int, AT_LEAST_1] = 8
 
 
 @dataclass
@@ -109,10 +168,10 @@ class Config:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the resolved config as YAML (atomically)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        os.replace(tmp, path)
+        from .checkpoint import atomic_write
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False).encode()
+        atomic_write(Path(path), lambda f: f.write(text))
 
 
 def _hint(name: str, valid: Sequence[str]) -> str:
@@ -123,6 +182,8 @@ def _hint(name: str, valid: Sequence[str]) -> str:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """``value`` checked against (and, for strings from the command line, parsed as) the annotation ``tp``."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:  # ranges are checked by validate(), once every override is in
+        return _coerce(value, args[0], where)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -134,7 +195,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0])
     if origin is Literal:
-        if value not in args:
+        if isinstance(value, bool) or value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
         return value
     if origin is list:
@@ -157,11 +218,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         what, accepted = ("an integer", (int,)) if tp is int else ("a number", (int, float))
         if isinstance(value, str):
             try:
-                return tp(value)
+                value = tp(value)
             except ValueError:
                 raise ConfigError(f"{where}: expected {what}, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, accepted):
             raise ConfigError(f"{where}: expected {what}, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return tp(value)
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
@@ -173,7 +236,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def _merge(obj: Any, values: Mapping[str, Any], where: str) -> None:
-    hints = typing.get_type_hints(type(obj))
+    hints = typing.get_type_hints(type(obj), include_extras=True)
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in values.items():
         if key not in names:
@@ -231,23 +294,44 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     return config
 
 
+def _check(value: Any, tp: Any, where: str) -> None:
+    """Apply the checks declared in ``tp`` (``Annotated`` metadata, also inside lists and optionals)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if value is None:
+        return
+    if origin is Annotated:
+        _check(value, args[0], where)
+        for rule in tp.__metadata__:
+            rule.check(value, where)
+    elif origin is list and args:
+        for i, v in enumerate(value):
+            _check(v, args[0], f"{where}[{i}]")
+    elif origin in (typing.Union, types.UnionType):
+        for arg in (a for a in args if a is not type(None)):
+            _check(value, arg, where)
+
+
+def _check_fields(obj: Any, where: str) -> None:
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, key)
+        else:
+            _check(value, hints[f.name], key)
+
+
 def validate(config: Config) -> None:
-    """Range checks that do not need the model or the data."""
-    t = config.train
-    for name in ("epochs", "batch_size", "accum_steps", "eval_every"):
-        if getattr(t, name) < 1:
-            raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
-    if t.lr <= 0:
-        raise ConfigError(f"train.lr must be > 0, got {t.lr}")
-    if not 0.0 <= t.label_smoothing < 1.0:
-        raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    """Every field against the range its declaration states, then the rules that tie fields together; runs
+    before anything is built (and after the overrides of ``eval`` / ``predict``)."""
+    _check_fields(config, "")
+    t, d = config.train, config.data
     if t.schedule == "step" and not t.milestones:
         raise ConfigError("train.schedule=step needs train.milestones (epochs), e.g. train.milestones=[20,30]")
-    if len(t.betas) != 2:
-        raise ConfigError(f"train.betas needs two values, got {t.betas}")
-    if config.eval.num_clips < 1 or config.eval.num_crops not in (1, 3):
-        raise ConfigError(f"eval.num_clips must be >= 1 and eval.num_crops 1 or 3, got "
-                          f"{config.eval.num_clips}, {config.eval.num_crops}")
+    if t.min_lr > t.lr:
+        raise ConfigError(f"train.min_lr={t.min_lr} exceeds train.lr={t.lr}")
+    if d.min_scale > d.max_scale:
+        raise ConfigError(f"data.min_scale={d.min_scale} exceeds data.max_scale={d.max_scale}")
     if not config.output_dir:
         raise ConfigError("output_dir must be set")
 

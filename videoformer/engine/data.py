@@ -1,7 +1,8 @@
 """Datasets of a run from its :class:`DataConfig`, through the data module's readers, datasets and transforms.
 
-Training samples carry how many unreadable videos were skipped to produce them (counted in the worker that
-skipped them); evaluation never substitutes a sample: an unreadable video is left out and counted.
+Training samples carry how many unreadable videos were skipped to produce them and why (counted in the worker
+that skipped them, summed by the training loop over all workers, which applies ``data.max_fail_fraction``);
+evaluation never substitutes a sample: an unreadable video is left out and counted.
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from ..data import (Annotations, CompressedTransform, CompressedVideoDataset, VideoDataset, VideoReadError,
-                    VideoRecord, VideoTransform, read_csv, read_epic_kitchens, read_folder, read_hmdb51, read_kinetics,
-                    read_ssv2, read_ucf101)
+from ..data import (Annotations, CompressedTransform, CompressedVideoDataset, DatasetFailure, VideoDataset,
+                    VideoReadError, VideoRecord, VideoTransform, read_csv, read_epic_kitchens, read_folder, read_hmdb51,
+                    read_kinetics, read_ssv2, read_ucf101)
 from ..data.transforms import center_crop, normalize, short_side_scale, three_crop
 from .config import Config, ConfigError, DataConfig
 
@@ -94,7 +95,9 @@ class EvalTransform:
 def video_dataset(cfg: Config, records: Sequence[VideoRecord], model: nn.Module, train: bool,
                   num_clips: int = 1, num_crops: int = 1) -> VideoDataset | CompressedVideoDataset:
     """RGB clips, or compressed-domain samples (``data.input=compressed``: the modalities ``model`` takes)
-    at the model's frames and size; test mode gives ``num_clips`` x ``num_crops`` views."""
+    at the model's frames and size; test mode gives ``num_clips`` x ``num_crops`` views. The dataset itself
+    never gives up on unreadable videos (a DataLoader worker sees only its share of them): the training loop
+    counts them over all workers and applies ``data.max_fail_fraction``."""
     d, mc = cfg.data, model.cfg
     if d.input == "compressed":
         if num_clips != 1:
@@ -103,7 +106,7 @@ def video_dataset(cfg: Config, records: Sequence[VideoRecord], model: nn.Module,
                                         max_scale=d.max_scale, three_crop=num_crops == 3)
         return CompressedVideoDataset(records, num_segments=mc.num_frames, train=train, transform=transform,
                                       audio="audio" in mc.modalities, audio_weights=d.audio_weights or None,
-                                      max_fail_fraction=d.max_fail_fraction, seed=cfg.train.seed)
+                                      max_fail_fraction=1.0, seed=cfg.train.seed)
     if train:
         transform = VideoTransform(size=mc.img_size, train=True, crop=d.crop, min_scale=d.min_scale,
                                    max_scale=d.max_scale, flip_prob=d.flip_prob, color_jitter_prob=d.color_jitter_prob,
@@ -111,8 +114,7 @@ def video_dataset(cfg: Config, records: Sequence[VideoRecord], model: nn.Module,
     else:
         transform = EvalTransform(mc.img_size, num_crops)
     return VideoDataset(records, num_frames=mc.num_frames, sampler=d.sampler, stride=d.stride, train=train,
-                        num_clips=num_clips, transform=transform, max_fail_fraction=d.max_fail_fraction,
-                        seed=cfg.train.seed)
+                        num_clips=num_clips, transform=transform, max_fail_fraction=1.0, seed=cfg.train.seed)
 
 
 def split_sample(sample) -> tuple[torch.Tensor | dict[str, torch.Tensor], torch.Tensor]:
@@ -132,9 +134,11 @@ def as_views(x: torch.Tensor | dict[str, torch.Tensor], num_views: int):
 
 
 class CountingDataset(Dataset):
-    """``(clip, label, skipped)``: the number of unreadable videos the base dataset skipped for this item."""
+    """``(clip, label, skipped, error)``: how many unreadable videos the base dataset skipped for this item and
+    the last one's error ("" when none); ``clip`` and ``label`` are None when no video of the dataset is
+    readable. Expected data failures thus reach the training loop as counts, never as a worker exception."""
 
-    def __init__(self, base: VideoDataset, indices: Sequence[int]) -> None:
+    def __init__(self, base: VideoDataset | CompressedVideoDataset, indices: Sequence[int]) -> None:
         self.base, self.indices = base, list(indices)
 
     def __len__(self) -> int:
@@ -142,8 +146,22 @@ class CountingDataset(Dataset):
 
     def __getitem__(self, i: int):
         before = self.base.stats.failures
-        clip, label = split_sample(self.base[self.indices[i]])
-        return clip, label, self.base.stats.failures - before
+        try:
+            clip, label = split_sample(self.base[self.indices[i]])
+        except DatasetFailure:
+            clip = label = None
+        skipped = self.base.stats.failures - before
+        return clip, label, skipped, self.base.stats.last_error if skipped else ""
+
+
+def collate_counted(batch):
+    """``(clips, labels, skipped (B,), errors)`` of :class:`CountingDataset` items; clips and labels are None
+    when an item found no readable video."""
+    skipped = torch.tensor([b[2] for b in batch])
+    errors = [b[3] for b in batch if b[3]]
+    if any(b[0] is None for b in batch):
+        return None, None, skipped, errors
+    return default_collate([b[0] for b in batch]), default_collate([b[1] for b in batch]), skipped, errors
 
 
 class EvalItems(Dataset):

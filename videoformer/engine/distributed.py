@@ -25,7 +25,36 @@ class DistInfo:
         return self.world_size > 1
 
 
+def available_devices() -> list[str]:
+    """The devices this machine has: ``cpu``, ``cuda:0`` ..., ``mps``."""
+    names = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
+def check_device(name: str, where: str = "train.device") -> None:
+    """``auto``, ``cuda`` (with LOCAL_RANK) or a device of :func:`available_devices`; otherwise a
+    :class:`~videoformer.engine.config.ConfigError` listing what this machine has."""
+    from .config import ConfigError
+
+    if name == "auto":
+        return
+    available = available_devices()
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is not None and dev.type in ("cpu", "mps") and dev.index in (None, 0) and dev.type in available:
+        return
+    if dev is not None and dev.type == "cuda" and f"cuda:{dev.index or 0}" in available:
+        return
+    raise ConfigError(f"{where}={name}: {'no such device on this machine' if dev is not None else 'not a device name'}"
+                      f"; available: auto, {', '.join(available)}")
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    check_device(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":

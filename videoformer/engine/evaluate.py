@@ -1,9 +1,11 @@
 """Multi-view testing (ViViT §4.1, TimeSformer §4.3): K temporal clips × S spatial crops per video, softmax
 scores averaged over the views; top-1 / top-5 / mean class accuracy and the confusion matrix. With several
-heads (Epic-Kitchens verb + noun) the action is right when every head is (ViViT §4.1)."""
+heads (Epic-Kitchens verb + noun) the action is right when every head is (ViViT §4.1). An evaluation that scores
+no video, or whose model gives NaN / inf scores, is an :class:`EvaluationError`, never a metric."""
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -15,6 +17,10 @@ from tqdm import tqdm
 from ..analysis.shuffle import shuffle_frames
 from ..data import VideoDataset
 from .data import EvalItems, collate_eval
+
+
+class EvaluationError(ValueError):
+    """No video could be scored (all unreadable), or the model's scores are not finite; names the files."""
 
 
 def autocast(device: torch.device, precision: str):
@@ -77,7 +83,8 @@ class EvalResult:
         if self.action_acc is not None:
             out["action_acc"] = self.action_acc
             out["heads"] = [dict(top1=h.top1, top5=h.top5, mean_class_acc=h.mean_class_acc) for h in self.heads]
-        out["per_class"] = [h.per_class for h in self.heads] if len(self.heads) > 1 else self.heads[0].per_class
+        per_class = [[None if math.isnan(a) else a for a in h.per_class] for h in self.heads]  # JSON has no NaN
+        out["per_class"] = per_class if len(self.heads) > 1 else per_class[0]
         out["confusion"] = [h.confusion for h in self.heads] if len(self.heads) > 1 else self.heads[0].confusion
         out["errors"] = self.errors
         return out
@@ -117,11 +124,23 @@ def predict_scores(model: nn.Module, views: Inputs, heads: Sequence[int], device
     return [h.softmax(-1).unflatten(0, (b, v)).mean(1).cpu() for h in split_heads(logits, heads)]
 
 
+def check_scores(scores: Sequence[torch.Tensor], paths: Sequence[str], source: str) -> None:
+    """Raise :class:`EvaluationError` naming the videos (and the model ``source``) whose scores hold NaN / inf."""
+    bad = ~torch.stack([torch.isfinite(s).all(-1) for s in scores]).all(0)
+    if bad.any():
+        names = [paths[i] for i in bad.nonzero().flatten().tolist()]
+        raise EvaluationError(f"{source} gives NaN / inf scores for {len(names)} video(s): {', '.join(names[:3])}"
+                              f"{' ...' if len(names) > 3 else ''} (overflowing or corrupted weights; with bf16 / "
+                              "fp16 try train.precision=fp32)")
+
+
 def evaluate(model: nn.Module, dataset: VideoDataset, heads: Sequence[int], num_clips: int = 1, num_crops: int = 1,
              batch_size: int = 8, device: torch.device = torch.device("cpu"), precision: str = "fp32",
-             shuffle_seed: int | None = None, num_workers: int = 0, progress: bool = False) -> EvalResult:
+             shuffle_seed: int | None = None, num_workers: int = 0, progress: bool = False,
+             source: str = "the model") -> EvalResult:
     """Evaluate ``model`` on a test-mode ``dataset`` built with ``num_clips`` clips and ``num_crops`` crops;
-    ``shuffle_seed`` permutes the frames of every view (MViT Table 9 frame-shuffle test)."""
+    ``shuffle_seed`` permutes the frames of every view (MViT Table 9 frame-shuffle test). Raises
+    :class:`EvaluationError` when no video is readable or ``model`` (named ``source``) scores one NaN / inf."""
     was_training = model.training
     model.eval()
     loader = DataLoader(EvalItems(dataset, num_clips * num_crops), batch_size=batch_size, shuffle=False,
@@ -130,21 +149,28 @@ def evaluate(model: nn.Module, dataset: VideoDataset, heads: Sequence[int], num_
     scores: list[list[torch.Tensor]] = [[] for _ in heads]
     labels: list[torch.Tensor] = []
     errors: list[str] = []
-    for views, label, _, bad in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
-        errors += [msg for _, msg in bad]
-        if views is None:
-            continue
-        for k, s in enumerate(predict_scores(model, views, heads, device, precision, gen)):
-            scores[k].append(s)
-        labels.append(label.reshape(len(label), -1))
-    model.train(was_training)
-    lab = torch.cat(labels) if labels else torch.zeros(0, len(heads), dtype=torch.long)
-    per_head = [head_metrics(torch.cat(s) if s else torch.zeros(0, n), lab[:, k]) for k, (s, n) in
-                enumerate(zip(scores, heads))]
+    try:
+        for views, label, index, bad in tqdm(loader, desc="eval", disable=not progress, leave=False,
+                                             dynamic_ncols=True):
+            errors += [msg for _, msg in bad]
+            if views is None:
+                continue
+            batch = predict_scores(model, views, heads, device, precision, gen)
+            check_scores(batch, [dataset.records[i].path for i in index], source)
+            for k, s in enumerate(batch):
+                scores[k].append(s)
+            labels.append(label.reshape(len(label), -1))
+    finally:
+        model.train(was_training)
+    if not labels:
+        raise EvaluationError(f"no video could be scored: all {len(dataset)} are unreadable (first: "
+                              f"{'; '.join(errors[:3])})")
+    lab = torch.cat(labels)
+    per_head = [head_metrics(torch.cat(s), lab[:, k]) for k, s in enumerate(scores)]
     action = None
     if len(heads) > 1:
         right = torch.stack([torch.cat(s).argmax(1) == lab[:, k] for k, s in enumerate(scores)]).all(0)
-        action = float(right.double().mean()) if len(lab) else 0.0
+        action = float(right.double().mean())
     first = per_head[0]
     return EvalResult(top1=action if action is not None else first.top1, top5=first.top5,
                       mean_class_acc=first.mean_class_acc, num_videos=len(lab), skipped=len(errors),

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..models import MMViT, create_model, init_mmvit_from_image
 from ..weights import CheckpointError, init_from_image, load_pretrained
-from ..weights.common import load_checked
+from ..weights.common import NonFiniteWeightsError, load_checked
 from .checkpoint import load_checkpoint
 from .config import ConfigError, ModelConfig
 
@@ -48,7 +48,9 @@ def load_pretrained_weights(model: nn.Module, path: str) -> None:
     if p.suffix == ".pt" and p.is_file():
         try:
             state = load_checkpoint(p)
-        except CheckpointError:
+        except NonFiniteWeightsError:
+            raise
+        except CheckpointError:  # not a training checkpoint: an image ViT .pt below
             state = None
         if state is not None:
             _transfer(model, dict(state["model"]), f"{p} (a {state['config']['model']['name']} run)")

@@ -17,7 +17,7 @@ from .checkpoint import checkpoint_path, load_checkpoint
 from .config import Config, ConfigError, apply_override, config_from_dict, validate
 from .data import EvalItems, check_labels, read_split, video_dataset
 from .distributed import pick_device
-from .evaluate import EvalResult, evaluate, predict_scores
+from .evaluate import EvalResult, EvaluationError, check_scores, evaluate, predict_scores
 from .model import build_model
 
 
@@ -77,7 +77,7 @@ def evaluate_run(run: LoadedRun, num_clips: int | None = None, num_crops: int | 
     check_labels(ann, run.heads, "val")
     dataset = video_dataset(cfg, ann.records, run.model, train=False, num_clips=k, num_crops=s)
     result = evaluate(run.model, dataset, run.heads, k, s, cfg.eval.batch_size, run.device, cfg.train.precision,
-                      shuffle_seed, cfg.data.num_workers, progress)
+                      shuffle_seed, cfg.data.num_workers, progress, source=run.source)
     result.skipped += ann.missing
     return result
 
@@ -85,7 +85,8 @@ def evaluate_run(run: LoadedRun, num_clips: int | None = None, num_crops: int | 
 def predict_files(run: LoadedRun, paths: Sequence[str], num_clips: int | None = None,
                   num_crops: int | None = None, topk: int = 5) -> list[dict[str, Any]]:
     """Per file ``{"path", "predictions": {head: [{"class", "score"}, ...]}}`` (softmax averaged over the
-    views), or ``{"path", "error"}`` for a file that is missing or cannot be decoded."""
+    views), or ``{"path", "error"}`` for a file that is missing or cannot be decoded, or whose scores are NaN /
+    inf (never printed as scores)."""
     cfg = run.cfg
     k, s = num_clips or cfg.eval.num_clips, num_crops or cfg.eval.num_crops
     labels = tuple(-1 for _ in run.heads) if len(run.heads) > 1 else -1
@@ -102,6 +103,11 @@ def predict_files(run: LoadedRun, paths: Sequence[str], num_clips: int | None = 
             continue
         batch = {m: v[None] for m, v in views.items()} if isinstance(views, dict) else views[None]
         scores = predict_scores(run.model, batch, run.heads, run.device, cfg.train.precision)
+        try:
+            check_scores(scores, [str(path)], run.source)
+        except EvaluationError as err:
+            out.append({"path": str(path), "error": str(err)})
+            continue
         preds = {}
         for name, names, sc in zip(run.head_names, run.class_lists, scores):
             top = sc[0].topk(min(topk, len(names)))

@@ -7,6 +7,13 @@ generators seeded by (seed, e, index); mixup by (seed, e, step, micro-batch, ran
 optimiser-step boundaries with the global RNG states and the running epoch sums, so a resumed run replays
 exactly the steps an uninterrupted one takes. With DDP, ``train.batch_size`` is the global micro-batch, split
 evenly over the processes; gradients are averaged, which equals one process with the same global batch.
+
+Nothing is lost and nothing bad is kept: a non-finite loss, non-finite gradients (fp32 / bf16; fp16's scaler
+skips those steps) or non-finite weights stop the run before anything is written (:class:`TrainingDiverged`),
+so a checkpoint never holds NaN / inf; ``best.pt`` is written before ``last.pt`` records its score, so a kill
+between the two is replayed on resume; unreadable training videos are counted over all DataLoader workers and
+stop the run beyond ``data.max_fail_fraction`` (:class:`~videoformer.data.DatasetFailure`); a validation pass
+that scores no video is an error (:class:`~videoformer.engine.evaluate.EvaluationError`), never a best epoch.
 """
 from __future__ import annotations
 
@@ -26,20 +33,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data import Mixup
-from ..weights.common import load_checked
-from .checkpoint import atomic_write, checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..data import DatasetFailure, Mixup
+from ..weights.common import NonFiniteWeightsError, load_checked, nonfinite
+from .checkpoint import (atomic_write, checkpoint_path, load_checkpoint, remove_stale_temp, rng_state, save_checkpoint,
+                         set_rng_state)
 from .config import Config, ConfigError
-from .data import CountingDataset, check_labels, head_sizes, read_split, video_dataset
+from .data import CountingDataset, check_labels, collate_counted, head_sizes, read_split, video_dataset
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
-from .evaluate import autocast, evaluate, split_heads, to_device
+from .evaluate import EvaluationError, autocast, evaluate, split_heads, to_device
 from .model import build_model, freeze, load_pretrained_weights
 from .report import TensorBoard, plot_confusion, plot_curves
 from .schedules import LRSchedule
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+    """The loss, the gradients or the weights became NaN or infinite; the run stops before writing anything and
+    keeps its last good checkpoint."""
 
 
 @dataclass
@@ -68,6 +77,8 @@ class State:
     best_top1: float = -1.0
     sums: Sums = field(default_factory=Sums)
     history: list[dict[str, Any]] = field(default_factory=list)
+    tried: int = 0  # training samples tried since the run started (readable or not, over all processes)
+    unreadable: int = 0
 
 
 @dataclass
@@ -198,6 +209,9 @@ class Trainer:
             self.mixup = [Mixup(n, t.mixup_alpha, t.cutmix_alpha, t.mixup_prob, t.mixup_switch_prob, t.label_smoothing)
                           for n in self.setup.heads]
         self.state = State()
+        self.resumed_from: Path | None = None
+        self.steps_taken = 0  # optimiser steps taken by this process (since start or resume)
+        self.unreadable_examples: list[str] = []
         self.confusions: list[list[list[int]]] = []
         self.tensorboard = TensorBoard(self.run_dir) if self.dist.is_main and t.reports else None
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.dist.device] if self.dist.device.type == "cuda"
@@ -208,16 +222,28 @@ class Trainer:
         s = self.state
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                     schedule=self.schedule.state_dict(), scaler=self.scaler.state_dict(), rng=rng_state(),
-                    progress=dict(epoch=s.epoch, step=s.step, global_step=s.global_step, best_top1=s.best_top1),
+                    progress=dict(epoch=s.epoch, step=s.step, global_step=s.global_step, best_top1=s.best_top1,
+                                  tried=s.tried, unreadable=s.unreadable),
                     sums=vars(s.sums).copy(), history=list(s.history), config=self.cfg.to_dict(),
                     classes=self.setup.classes, heads=self.setup.heads)
 
+    def check_finite(self) -> None:
+        """Raise :class:`TrainingDiverged` if a weight or an optimiser state holds NaN / inf (every process holds
+        the same, so all of them stop)."""
+        bad = nonfinite({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()["state"]})
+        if bad:
+            raise self.diverged(f"{len(bad)} tensor(s) hold NaN / inf ({', '.join(bad[:3])}) after step "
+                                f"{self.state.global_step}")
+
     def save(self, best: bool = False) -> None:
+        """Write ``best.pt`` (when ``best``), then ``last.pt``, then ``metrics.jsonl``: ``last.pt`` records the
+        best score only once ``best.pt`` holds its weights, so a kill in between replays the epoch on resume."""
+        self.check_finite()
         if self.dist.is_main:
             state = self._checkpoint()
-            save_checkpoint(checkpoint_path(self.run_dir, "last"), state)
             if best:
                 save_checkpoint(checkpoint_path(self.run_dir, "best"), state)
+            save_checkpoint(checkpoint_path(self.run_dir, "last"), state)
             lines = "".join(json.dumps(r) + "\n" for r in self.state.history)
             atomic_write(self.run_dir / "metrics.jsonl", lambda f: f.write(lines.encode()))
         barrier(self.dist)
@@ -227,7 +253,11 @@ class Trainer:
         path = checkpoint_path(self.run_dir, "last")
         if not path.is_file():
             return False
-        ckpt = load_checkpoint(path)
+        try:
+            ckpt = load_checkpoint(path)
+        except NonFiniteWeightsError as err:  # never "diverged": the file is bad, not the learning rate
+            raise NonFiniteWeightsError(err.source, err.names, err.counts, f"cannot resume from it: move it away to "
+                                        "restart the run from its beginning (or set another output_dir)") from None
         saved, now = ({k: v for k, v in c["model"].items() if k != "pretrained"}
                       for c in (ckpt["config"], self.cfg.to_dict()))
         if saved != now:
@@ -241,7 +271,8 @@ class Trainer:
         set_rng_state(ckpt["rng"])
         p = ckpt["progress"]
         self.state = State(p["epoch"], p["step"], p["global_step"], p["best_top1"], Sums(**ckpt["sums"]),
-                           list(ckpt["history"]))
+                           list(ckpt["history"]), p.get("tried", 0), p.get("unreadable", 0))
+        self.resumed_from = path
         if self.dist.is_main:
             print(f"resumed from {path}: epoch {p['epoch']}, step {p['step']}", file=sys.stderr)
         return True
@@ -257,7 +288,21 @@ class Trainer:
             mine += batch[d.rank * per_rank : (d.rank + 1) * per_rank]
         self.setup.train_set.set_epoch(epoch)
         return DataLoader(CountingDataset(self.setup.train_set, mine), batch_size=per_rank, shuffle=False,
-                          num_workers=self.cfg.data.num_workers, generator=torch.Generator().manual_seed(t.seed))
+                          num_workers=self.cfg.data.num_workers, collate_fn=collate_counted,
+                          generator=torch.Generator().manual_seed(t.seed))
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        """The error that stops a run whose loss, gradients or weights are not finite: names the checkpoint
+        that stays, and never calls "good" a checkpoint that itself gives a non-finite first step."""
+        if self.steps_taken == 0 and self.resumed_from is not None:
+            return TrainingDiverged(f"{what}, on the first step after resuming from {self.resumed_from}: its "
+                                    "weights are finite but do not train (a corrupted or diverged checkpoint); "
+                                    "training stopped and nothing was written")
+        last = checkpoint_path(self.run_dir, "last")
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+        return TrainingDiverged(f"{what} (lr {self.optimizer.param_groups[0]['lr']:.3g}); training stopped before "
+                                f"writing anything and {kept} (lower train.lr, set train.clip_grad, or use "
+                                "train.precision=fp32)")
 
     def _micro_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int, j: int, sync: bool) -> torch.Tensor:
         t, dev = self.cfg.train, self.dist.device
@@ -273,24 +318,51 @@ class Trainer:
             loss = loss_fn(logits, target, self.setup.heads, 0.0 if self.mixup else t.label_smoothing)
             bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], dtype=torch.float64)
             if float(all_reduce_sum(bad, self.dist)[0]):
-                last = checkpoint_path(self.run_dir, "last")
-                kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
-                raise TrainingDiverged(
-                    f"loss is {float(loss.detach())} at epoch {epoch + 1}, step {step + 1} (lr "
-                    f"{self.optimizer.param_groups[0]['lr']:.3g}); training stopped and {kept} (lower train.lr, "
-                    "set train.clip_grad, or use train.precision=fp32)")
+                raise self.diverged(f"loss is {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}")
             self.scaler.scale(loss / t.accum_steps).backward()
         return torch.tensor([float(loss.detach()) * len(y), correct_count(logits.detach(), y, self.setup.heads),
                              len(y), 0.0], dtype=torch.float64)
 
-    def _optimizer_step(self) -> None:
-        clip = self.cfg.train.clip_grad
-        if clip:
+    def _optimizer_step(self, epoch: int, step: int) -> None:
+        """Clip (``train.clip_grad``: max norm; null or 0: off) and step. A non-finite gradient norm with a
+        finite loss stops the run before the step (fp16: the scaler skips such steps and lowers its scale)."""
+        t = self.cfg.train
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = None
+        if t.clip_grad:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], clip)
+            norm = nn.utils.clip_grad_norm_(params, t.clip_grad)
+        if t.precision != "fp16":
+            if norm is None:
+                norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            if not bool(torch.isfinite(norm)):  # gradients are the same on every process: all of them stop
+                raise self.diverged(f"the gradient norm is {float(norm)} at epoch {epoch + 1}, step {step + 1} "
+                                    "while the loss is finite")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self.steps_taken += 1
+
+    def _count_unreadable(self, counts: torch.Tensor) -> None:
+        """Add one step's samples and skipped videos (summed over processes) to the run's totals; stop when more
+        than ``data.max_fail_fraction`` of the samples tried so far were unreadable (after the dataset's
+        ``min_attempts``), the same whatever ``data.num_workers`` is."""
+        s, frac = self.state, self.cfg.data.max_fail_fraction
+        s.tried += int(counts[2] + counts[3])
+        s.unreadable += int(counts[3])
+        if s.tried >= self.setup.train_set.min_attempts and s.unreadable > frac * s.tried:
+            raise DatasetFailure(f"{s.unreadable} of {s.tried} training samples tried were unreadable, more than "
+                                 f"data.max_fail_fraction={frac:g}; training stopped (last checkpoint kept). "
+                                 f"Examples: {'; '.join(self.unreadable_examples) or 'see the log'}")
+
+    def _next_batch(self, it) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """The next micro-batch; keeps a few errors of skipped videos for the messages."""
+        x, y, skipped, errors = next(it)
+        self.unreadable_examples = (self.unreadable_examples + errors)[:3]
+        if x is None:  # every video of the split was tried for one item
+            raise DatasetFailure(f"no training video is readable ({len(self.setup.train_set)} tried); e.g. "
+                                 f"{'; '.join(self.unreadable_examples)}")
+        return x, y, skipped
 
     def train_epoch(self, epoch: int) -> None:
         t, s = self.cfg.train, self.state
@@ -303,11 +375,13 @@ class Trainer:
             lr = self.schedule.apply(self.optimizer, s.global_step)
             counts = torch.zeros(4, dtype=torch.float64)
             for j in range(t.accum_steps):
-                x, y, skipped = next(it)
+                x, y, skipped = self._next_batch(it)
                 counts += self._micro_step(x, y, epoch, step, j, sync=j == t.accum_steps - 1)
                 counts[3] += float(skipped.sum())
-            self._optimizer_step()
-            s.sums.add(all_reduce_sum(counts, self.dist))
+            self._optimizer_step(epoch, step)
+            counts = all_reduce_sum(counts, self.dist)
+            self._count_unreadable(counts)
+            s.sums.add(counts)
             s.step, s.global_step = step + 1, s.global_step + 1
             bar.update(1)
             bar.set_postfix(loss=f"{s.sums.loss / s.sums.samples:.4f}", lr=f"{lr:.3g}",
@@ -322,16 +396,27 @@ class Trainer:
                                       train_loss=s.sums.loss / s.sums.samples, train_acc=s.sums.correct / s.sums.samples,
                                       skipped=int(s.sums.skipped))
         if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
-            top1 = torch.zeros(1, dtype=torch.float64)
+            self.check_finite()
+            top1 = torch.zeros(2, dtype=torch.float64)  # top-1, failed
+            failure: EvaluationError | None = None
             if self.dist.is_main:
-                res = evaluate(self.model, self.setup.val_set, self.setup.heads, self.cfg.eval.num_clips,
-                               self.cfg.eval.num_crops, self.cfg.eval.batch_size, self.dist.device, t.precision,
-                               num_workers=self.cfg.data.num_workers, progress=t.progress)
-                record.update(val_top1=res.top1, val_top5=res.top5, val_mean_class_acc=res.mean_class_acc,
-                              val_videos=res.num_videos, val_skipped=res.skipped)
-                top1[0] = res.top1
-                self.confusions = [h.confusion for h in res.heads]
+                try:
+                    res = evaluate(self.model, self.setup.val_set, self.setup.heads, self.cfg.eval.num_clips,
+                                   self.cfg.eval.num_crops, self.cfg.eval.batch_size, self.dist.device, t.precision,
+                                   num_workers=self.cfg.data.num_workers, progress=t.progress)
+                except EvaluationError as err:
+                    failure, top1[1] = err, 1.0
+                else:
+                    record.update(val_top1=res.top1, val_top5=res.top5, val_mean_class_acc=res.mean_class_acc,
+                                  val_videos=res.num_videos, val_skipped=res.skipped)
+                    top1[0] = res.top1
+                    self.confusions = [h.confusion for h in res.heads]
             top1 = all_reduce_sum(top1, self.dist)
+            if top1[1]:  # keep the trained epoch (resuming evaluates it again), choose no best epoch
+                self.save()
+                raise EvaluationError(f"validation after epoch {epoch + 1}: {failure or 'failed on rank 0'}; the "
+                                      f"trained epoch is kept in {checkpoint_path(self.run_dir, 'last')} and is "
+                                      "evaluated again when the run resumes")
             record["val_top1"] = float(top1[0])
             self.schedule.observe(float(top1[0]))
         is_best = "val_top1" in record and record["val_top1"] > s.best_top1
@@ -359,6 +444,8 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for p in remove_stale_temp(self.run_dir, self.run_dir / "checkpoints"):
+                print(f"removed {p}, left by a run that was killed while writing", file=sys.stderr)
             self.cfg.save(self.run_dir / "config.yaml")
         barrier(self.dist)
         self.resume()

@@ -6,8 +6,9 @@ crafted file cannot run code; the format is recognised from the contents, not th
 ``checkpoint_1000``). ``read_state_dict(path)`` is ``read_file`` that insists on names -> tensors.
 ``Converted`` and ``register_format`` are the contract of the official-checkpoint converters.
 ``check_state_dict(state_dict, expected, source)`` raises :class:`CheckpointMismatchError` listing
-every missing, unexpected and wrongly shaped key at once. ``load_checked(model, state_dict, source)`` checks
-against the model's own state dict, then loads strictly.
+every missing, unexpected and wrongly shaped key at once; ``check_finite(tensors, source)`` raises
+:class:`NonFiniteWeightsError` naming the first tensors holding NaN / inf. ``load_checked(model, state_dict,
+source)`` does both against the model's own state dict, then loads strictly.
 """
 from __future__ import annotations
 
@@ -53,6 +54,45 @@ class CheckpointMismatchError(CheckpointError):
         for key, (want, got) in self.misshaped.items():
             lines.append(f"  {key}: expected shape {tuple(want)}, got {tuple(got)}")
         super().__init__("\n".join(lines))
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """Weights holding NaN or inf: the file is corrupted (or was saved from a diverged run); never loaded."""
+
+    def __init__(self, source: str, names: Sequence[str], counts: Sequence[str], advice: str = "refusing to load it"):
+        self.source, self.names, self.counts = source, list(names), list(counts)
+        more = f" and {len(names) - len(counts)} more" if len(names) > len(counts) else ""
+        super().__init__(f"{source} is corrupted: {len(names)} tensor(s) hold NaN or inf values "
+                         f"({', '.join(counts)}{more}); {advice}")
+
+
+def _tensors(obj: Any, prefix: str = ""):
+    """``(name, tensor)`` of every tensor in nested dicts / lists / tuples (a state dict, an optimiser state)."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def nonfinite(obj: Any) -> list[str]:
+    """Names of the floating-point tensors in ``obj`` (a state dict, or nested dicts / lists of tensors such as
+    an optimiser state) that hold NaN or inf."""
+    return [name for name, t in _tensors(obj)
+            if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
+
+
+def check_finite(obj: Any, source: str, show: int = 5) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming ``source`` and its first ``show`` non-finite tensors (with
+    how many of their values are NaN / inf) unless every floating-point tensor in ``obj`` is finite."""
+    names = nonfinite(obj)
+    if names:
+        found = dict(_tensors(obj))
+        counts = [f"{n}: {int((~torch.isfinite(found[n])).sum())} of {found[n].numel()} values" for n in names[:show]]
+        raise NonFiniteWeightsError(source, names, counts)
 
 
 def sniff(path: Path) -> str:
@@ -139,8 +179,10 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], expected: Mapping[s
 
 
 def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> nn.Module:
-    """Check ``state_dict`` against ``model``'s own keys and shapes, then load it strictly."""
+    """Check ``state_dict`` against ``model``'s own keys and shapes and refuse non-finite weights, then load it
+    strictly."""
     check_state_dict(state_dict, {k: v.shape for k, v in model.state_dict().items()}, source)
+    check_finite(state_dict, source)
     model.load_state_dict(state_dict, strict=True)
     return model
 
