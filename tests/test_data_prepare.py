@@ -20,9 +20,10 @@ import pytest
 from videoformer.data.annotations import read_csv, read_folder
 from videoformer.data.datasets import CompressedVideoDataset
 from videoformer.data.errors import CacheError, ExtractError
-from videoformer.data.prepare import (PrepareConfig, _tmp, cached_logmel, extract_dataset, logmel_path, meta_path,
+from videoformer.data.prepare import (PrepareConfig, cached_logmel, extract_dataset, logmel_path, meta_path,
                                       verify_cached)
 from videoformer.data.synthetic import moving_square_frames, tone, write_video
+from videoformer.fileio import temp_path
 
 SMALL = PrepareConfig(width=64, height=48)
 
@@ -292,7 +293,7 @@ def test_sigkill_leaves_no_workers_and_the_next_run_cleans_up(clip, tmp_path):
     # temporary files: of a dead process (removed by the next run) and of a live one (kept)
     dead, running = subprocess.Popen(["true"]), subprocess.Popen(["sleep", "60"])
     dead.wait()
-    stale, live = _tmp(out / "data" / "c" / "0.mp4", dead.pid), _tmp(out / "data" / "c" / "1.mp4", running.pid)
+    stale, live = temp_path(out / "data" / "c" / "0.mp4", dead.pid), temp_path(out / "data" / "c" / "1.mp4", running.pid)
     stale.write_bytes(b"partial"), live.write_bytes(b"partial")
     try:
         res = extract_dataset(data, out, PrepareConfig(width=128, height=96), progress=False)

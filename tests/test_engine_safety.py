@@ -20,8 +20,8 @@ from engine_util import base_overrides, make_folder_dataset, write_config
 from videoformer.cli import main as cli_main
 from videoformer.data import DatasetFailure
 from videoformer.engine import TrainingDiverged, load_config, train
-from videoformer.engine.checkpoint import (CheckpointWriteError, atomic_write, checkpoint_path, load_checkpoint,
-                                           remove_stale_temp)
+from videoformer.engine.checkpoint import checkpoint_path, load_checkpoint
+from videoformer.fileio import WriteError, atomic_write, remove_stale_temp, temp_path
 from videoformer.engine.evaluate import EvaluationError
 from videoformer.engine.model import build_model, load_pretrained_weights
 from videoformer.engine.predict import load_run
@@ -179,7 +179,7 @@ def test_non_finite_weights_are_never_written(data: Path, tmp_path: Path) -> Non
     with pytest.raises(TrainingDiverged, match=r"1 tensor\(s\) hold NaN / inf \(model.head.bias\) after step 3"):
         trainer.fit()
     assert load_checkpoint(checkpoint_path(tmp_path / "weights", "last"))["progress"]["global_step"] == 2
-    assert not list((tmp_path / "weights").rglob("*.tmp"))
+    assert not list((tmp_path / "weights").rglob(".*.tmp*"))
 
 
 # -- checkpoint writes (item 11) ------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_file(data: Path, tmp_path: P
         f.write(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with pytest.raises(CheckpointWriteError, match=r"cannot write .*x.bin: No space left on device \(disk full"):
+    with pytest.raises(WriteError, match=r"cannot write .*x.bin: No space left on device \(disk full"):
         atomic_write(target, full)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
 
@@ -286,7 +286,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_file(data: Path, tmp_path: P
     err = capsys.readouterr().err
     _one_line(err)
     assert f"cannot write {checkpoint_path(run, 'best')}: No space left on device" in err
-    assert not list(run.rglob("*.tmp")) and not list(run.rglob("*.pt"))
+    assert not list(run.rglob(".*.tmp*")) and not list(run.rglob("*.pt"))
 
 
 def test_stale_temp_files_of_dead_processes_are_removed(data: Path, tmp_path: Path) -> None:
@@ -294,8 +294,8 @@ def test_stale_temp_files_of_dead_processes_are_removed(data: Path, tmp_path: Pa
     gone.wait()
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    stale = [run / "checkpoints" / f".last.pt.{gone.pid}.tmp", run / f".metrics.jsonl.{gone.pid}.tmp"]
-    live = run / "checkpoints" / f".best.pt.{os.getppid()}.tmp"  # a writer that is still running
+    stale = [temp_path(run / "checkpoints" / "last.pt", gone.pid), temp_path(run / "metrics.jsonl", gone.pid)]
+    live = temp_path(run / "checkpoints" / "best.pt", os.getppid())  # a writer that is still running
     other = run / "checkpoints" / "notes.tmp"  # not one of ours
     for p in (*stale, live, other):
         p.write_bytes(b"x" * 100)

@@ -41,7 +41,7 @@ def test_tiny_run_learns_and_writes_run_dir(data: Path, tmp_path: Path) -> None:
     assert config_from_dict(__import__("yaml").safe_load((run / "config.yaml").read_text()), "x") == cfg
     assert (run / "checkpoints" / "best.pt").is_file()
     assert _last(run)["progress"]["global_step"] == 3 * 6  # 24 videos / batch 4
-    assert not list((run / "checkpoints").glob("*.tmp"))
+    assert not list((run / "checkpoints").glob(".*.tmp*"))
     if has_matplotlib():
         assert (run / "curves.png").stat().st_size > 1000 and (run / "confusion.png").stat().st_size > 1000
     if importlib.util.find_spec("tensorboard"):

@@ -63,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ValueError, DatasetFailure) as err:  # config, annotation, checkpoint, model, unreadable data
         print(f"videoformer train: {err}", file=sys.stderr)
         return 2
-    except OSError as err:  # CheckpointWriteError names the file
+    except OSError as err:  # fileio.WriteError names the file
         print(f"videoformer train: {err}", file=sys.stderr)
         return 1
     return 0

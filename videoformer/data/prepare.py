@@ -38,10 +38,8 @@ import json
 import logging
 import multiprocessing
 import os
-import re
 import shlex
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -58,6 +56,7 @@ from videoformer.data.audio import load_audio, log_mel
 from videoformer.data.compressed import reencode_mpeg4
 from videoformer.data.errors import AnnotationError, CacheError, ExtractError, VideoReadError
 from videoformer.data.video import probe
+from videoformer.fileio import atomic_write, atomic_write_text, remove_stale_temp, replacing
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +66,6 @@ __all__ = ["PrepareConfig", "PrepareResult", "extract_dataset", "verify_cached",
 FORMAT_VERSION = 3  # 3: the dataset's layout kept, SHA-1 of every cached file
 ANNOTATION_SUFFIXES = (".txt", ".csv", ".json", ".tsv", ".lst")
 MAX_ANNOTATION_BYTES = 256 << 20
-STALE_TMP_SECONDS = 24 * 3600  # temporary files of another host (shared storage) are removed after a day
-_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
-_TMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_]+)\.(?P<pid>\d+)\.tmp(\.\w+)?$")
 
 
 @dataclass(frozen=True)
@@ -109,20 +105,6 @@ def meta_path(video: str | os.PathLike) -> Path:
     """The checksum record written with a cached video."""
     video = Path(video)
     return video.with_name(video.stem + ".extract.json")
-
-
-def _tmp(path: Path, pid: int | None = None) -> Path:
-    """Temporary name of ``path`` while it is written (host and pid tell a later run whether it is stale)."""
-    return path.with_name(f".{path.name}.{_HOST}.{os.getpid() if pid is None else pid}.tmp{path.suffix}")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = _tmp(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_meta(video: Path) -> dict | None:
@@ -233,23 +215,14 @@ def _convert(job: _Job) -> dict:
     video = Path(job.video)
     video.parent.mkdir(parents=True, exist_ok=True)
     meta_path(video).unlink(missing_ok=True)  # an entry without a record is never reused
-    tmp = _tmp(video)
-    try:
+    with replacing(video) as tmp:
         reencode_mpeg4(job.source, tmp, size=(job.cfg.width, job.cfg.height), gop=job.cfg.gop, qscale=job.cfg.qscale)
         info = probe(tmp)
-        os.replace(tmp, video)
-    finally:
-        tmp.unlink(missing_ok=True)
     lm, lm_size, lm_sha1, offset = logmel_path(video), None, None, 0.0
     loaded = load_audio(video) if info.has_audio else None
     if loaded is not None:
         wave, offset = loaded
-        tmp_lm = _tmp(lm)
-        try:
-            np.save(tmp_lm, log_mel(wave).astype(np.float16))
-            os.replace(tmp_lm, lm)
-        finally:
-            tmp_lm.unlink(missing_ok=True)
+        atomic_write(lm, lambda f: np.save(f, log_mel(wave).astype(np.float16)), sync=False)
         lm_size, lm_sha1 = lm.stat().st_size, sha1_file(lm)
     else:
         lm.unlink(missing_ok=True)
@@ -258,7 +231,7 @@ def _convert(job: _Job) -> dict:
             "source_mtime": int(st.st_mtime), "size": video.stat().st_size, "sha1": sha1_file(video),
             "logmel_size": lm_size, "logmel_sha1": lm_sha1, "audio_offset": offset, "num_frames": info.num_frames,
             "fps": info.fps, "has_audio": info.has_audio, "config": asdict(job.cfg), "command": job.command}
-    _atomic_write_text(meta_path(video), json.dumps(meta, indent=1))
+    atomic_write_text(meta_path(video), json.dumps(meta, indent=1))
     return meta
 
 
@@ -279,43 +252,6 @@ def _die_with_parent(parent: int) -> None:
             os._exit(1)
 
         threading.Thread(target=watch, daemon=True).start()
-
-
-def _pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs on this host (a zombie, killed but not yet reaped, counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):  # no /proc (not Linux)
-        return True
-
-
-def _remove_stale_tmp(root: Path) -> int:
-    """Remove temporary files left by extractions that died (a dead pid on this host; older than a day
-    when written by another host). Returns how many were removed."""
-    removed = 0
-    now = time.time()
-    for folder, _, files in os.walk(root):
-        for name in files:
-            m = _TMP.match(name)
-            if not m:
-                continue
-            path = Path(folder) / name
-            try:
-                old = now - path.stat().st_mtime > STALE_TMP_SECONDS
-                if old or (m["host"] == _HOST and not _pid_alive(int(m["pid"]))):
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                pass
-    if removed:
-        log.info("%s: removed %d temporary files of interrupted extractions", root, removed)
-    return removed
 
 
 @contextlib.contextmanager
@@ -397,19 +333,15 @@ def _cache_info(root: Path, base: Path, cfg: PrepareConfig) -> None:
             raise ExtractError(root, f"this cache mirrors {prev}, another dataset with the same folder name; "
                                      "extract into another OUT folder")
     info = {"version": FORMAT_VERSION, "config": asdict(cfg), "source": str(base)}
-    _atomic_write_text(info_path, json.dumps(info, indent=1))
+    atomic_write_text(info_path, json.dumps(info, indent=1))
 
 
 def _copy_if_changed(src: Path, dst: Path) -> bool:
     if dst.is_file() and dst.stat().st_size == src.stat().st_size and dst.read_bytes() == src.read_bytes():
         return False
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(dst)
-    try:
+    with replacing(dst) as tmp:
         shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     return True
 
 
@@ -427,7 +359,7 @@ def _merge_manifest(root: Path, done: dict[str, str], dropped: set[str]) -> None
     w = csv.writer(out, lineterminator="\n")
     w.writerow(["path", "source"])
     w.writerows(sorted(rows.items()))
-    _atomic_write_text(path, out.getvalue())
+    atomic_write_text(path, out.getvalue())
 
 
 def extract_dataset(src: str | os.PathLike, out: str | os.PathLike, cfg: PrepareConfig = PrepareConfig(),
@@ -456,7 +388,9 @@ def extract_dataset(src: str | os.PathLike, out: str | os.PathLike, cfg: Prepare
     result = PrepareResult(root)
     with _locked(root):
         _cache_info(root, base, cfg)
-        _remove_stale_tmp(root)
+        stale = remove_stale_temp(root, recursive=True)
+        if stale:
+            log.info("%s: removed %d temporary files of interrupted extractions", root, len(stale))
         result.copied = sum(_copy_if_changed(base / rel, root / rel) for rel in notes)
         jobs, done = [], {}
         for video, rel in targets.items():

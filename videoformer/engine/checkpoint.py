@@ -1,20 +1,20 @@
 """Training checkpoints: written atomically (temp file, fsync, rename), so a kill at any moment leaves either
 the previous or the new file, never a torn one; a failed write (disk full) removes its temp file and raises
-:class:`CheckpointWriteError`; temp files of killed runs are removed by the next run (:func:`remove_stale_temp`).
+:class:`~videoformer.fileio.WriteError`; temp files of killed runs are removed by the next run
+(:func:`~videoformer.fileio.remove_stale_temp`).
 Holds model, optimiser, schedule, RNG and data-order state; a checkpoint whose weights or optimiser state hold
 NaN / inf is refused on load (:class:`~videoformer.weights.common.NonFiniteWeightsError`)."""
 from __future__ import annotations
 
-import errno
 import os
 import random
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..fileio import atomic_write
 from ..weights.common import CheckpointError, check_finite, read_file
 
 CHECKPOINT_DIR = "checkpoints"
@@ -22,67 +22,6 @@ CHECKPOINT_DIR = "checkpoints"
 
 def checkpoint_path(run_dir: str | os.PathLike, which: str = "last") -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"{which}.pt"
-
-
-class CheckpointWriteError(OSError):
-    """A run file could not be written (disk full, no permission); the previous file, if any, is untouched and
-    no temp file is left behind. The message names the file."""
-
-
-TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp, as atomic_write names its temp files
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temp file next to ``path``, fsync it, then rename it over ``path``; on any
-    failure the temp file is removed and an ``OSError`` becomes a :class:`CheckpointWriteError`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and not isinstance(err, CheckpointWriteError):
-            reason = os.strerror(err.errno) if err.errno else str(err)
-            hint = " (disk full: free space or choose another output_dir)" if err.errno == errno.ENOSPC else ""
-            failure = CheckpointWriteError(f"cannot write {path}: {reason}{hint}; the previous {path.name}, if "
-                                           "any, is unchanged")
-            failure.errno = err.errno
-            raise failure from err
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def remove_stale_temp(*folders: Path) -> list[Path]:
-    """Remove the temp files :func:`atomic_write` left in ``folders`` when its process was killed (those whose
-    process id is no longer running; a live writer's file is left alone); returns the removed paths."""
-    removed = []
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            m = TEMP.match(p.name)
-            if m and p.is_file() and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
-                p.unlink(missing_ok=True)
-                removed.append(p)
-    return removed
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -168,7 +168,7 @@ class Config:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the resolved config as YAML (atomically)."""
-        from .checkpoint import atomic_write
+        from ..fileio import atomic_write
 
         text = yaml.safe_dump(self.to_dict(), sort_keys=False).encode()
         atomic_write(Path(path), lambda f: f.write(text))

@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Sequence
 
-from .checkpoint import atomic_write
+from ..fileio import atomic_write
 
 
 def has_matplotlib() -> bool:

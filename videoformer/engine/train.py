@@ -34,9 +34,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data import DatasetFailure, Mixup
+from ..fileio import atomic_write, remove_stale_temp
 from ..weights.common import NonFiniteWeightsError, load_checked, nonfinite
-from .checkpoint import (atomic_write, checkpoint_path, load_checkpoint, remove_stale_temp, rng_state, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError
 from .data import CountingDataset, check_labels, collate_counted, head_sizes, read_split, video_dataset
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
