@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from videoformer.layers import fused_attention
 from videoformer.models import FramewiseViT, TimeSformer, ViViT
 from videoformer.weights.common import CheckpointError, CheckpointMismatchError
-from videoformer.weights.hf import config_from_hf, convert_timesformer, convert_vivit, load_pretrained
+from videoformer.weights import load_pretrained
+from videoformer.weights.hf import config_from_hf, convert_timesformer, convert_vivit
 
 transformers = pytest.importorskip("transformers")
 
