@@ -53,8 +53,8 @@ def read_source(path: str | os.PathLike) -> tuple[Any, str]:
             if ckpt.is_file():
                 return read_file(ckpt), str(ckpt)
         if not (path / CONFIG_FILE).is_file():
-            raise CheckpointError(f"{path} is not a checkpoint directory: no {CONFIG_FILE} (a Hugging Face or "
-                                  "videoformer directory) and no checkpoints/best.pt or last.pt (a run)")
+            raise CheckpointError(f"{path} is not a checkpoint directory: checkpoints/last.pt does not exist (a run) "
+                                  f"and there is no {CONFIG_FILE} (a Hugging Face or videoformer directory)")
         return Directory.open(path), str(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
