@@ -95,7 +95,7 @@ def pretrained_model(cfg: Config, num_classes: int) -> nn.Module:
     if path and not Path(path).exists():
         raise ConfigError(f"model.pretrained: {path} does not exist")
     if path and _video_source(path) is not None:
-        src = load_pretrained(path)
+        src = load_pretrained(path, **mc.overrides)  # fields the file does not record (num_heads) come from here
         spec = get_spec(mc.name) if mc.name else None
         if spec is None or spec.config_cls is not get_spec(src.registry_name).config_cls:
             raise ConfigError(f"model.pretrained: {path} holds a {src.registry_name} model; model.name={mc.name} is "
