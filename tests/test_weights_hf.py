@@ -170,3 +170,15 @@ def test_pickled_objects_are_never_executed(checkpoints, tmp_path):
     with pytest.raises(CheckpointError, match="pytorch_model.bin"):
         load_pretrained(tmp_path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("case", ["divided_space_time", "joint_space_time"])
+def test_timesformer_resizes_like_hugging_face(checkpoints, case):
+    """At another frame size Hugging Face (like the official code) resizes the positional embedding by nearest
+    neighbour; the converted model carries that rule (pos_resize="nearest")."""
+    hf, directory = checkpoints[case]
+    ours = load_pretrained(directory)
+    assert ours.cfg.pos_resize == "nearest"
+    x = torch.randn(B, 3, T, 48, 48)
+    with torch.no_grad():
+        assert (ours(x) - hf_logits(hf, x, case)).abs().max().item() < 1e-4
