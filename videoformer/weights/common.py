@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +275,29 @@ class Rule:
         if self.op == "frame_conv":
             return tensors[0].unsqueeze(2)
         return tensors[0]
+
+
+def vit_rules(fixed: Mapping[str, Rule], norm: str, head: str, layer: str, block: Mapping[str, str],
+              qkv: Sequence[str] | None = None) -> Callable[[str], Rule | None]:
+    """``rule_of`` for a ViT-like source layout: ``fixed`` targets as given; our ``norm.*`` / ``head.*`` from
+    ``{norm}.*`` / ``{head}.*``; our ``blocks.i.<m>.*`` from ``{layer.format(i)}.{block[m]}.*``; with ``qkv``
+    (three module names inside a layer), our fused ``attns.0.qkv`` from the separate q, k, v projections."""
+
+    def rule_of(target: str) -> Rule | None:
+        if target in fixed:
+            return fixed[target]
+        module, _, leaf = target.rpartition(".")
+        if module in ("norm", "head"):
+            return Rule((f"{norm if module == 'norm' else head}.{leaf}",))
+        m = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
+        if not m:
+            return None
+        prefix = layer.format(m.group(1))
+        if qkv is not None and m.group(2) == "attns.0.qkv":
+            return Rule(tuple(f"{prefix}.{name}.{leaf}" for name in qkv), "qkv")
+        return Rule((f"{prefix}.{block[m.group(2)]}.{leaf}",)) if m.group(2) in block else None
+
+    return rule_of
 
 
 def convert_by_rules(expected: Mapping[str, Shape], rule_of: Callable[[str], Rule | None],

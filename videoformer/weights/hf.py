@@ -28,7 +28,7 @@ import torch
 from ..data.preprocessing import Preprocessing
 from ..models import TimeSformerConfig, ViViT, ViViTConfig, VideoModel, build_timesformer
 from .common import (CheckpointError, Converted, Directory, Format, Rule, StateDict, convert_by_rules,
-                     read_state_dict, register_format)
+                     read_state_dict, register_format, vit_rules)
 
 SCHEMES = {"space_only": "space", "joint_space_time": "joint", "divided_space_time": "divided"}
 ACTIVATIONS = {"gelu": "gelu", "gelu_fast": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -85,17 +85,7 @@ def convert_timesformer(state_dict: Mapping[str, torch.Tensor], config: TimeSfor
         "pos_embed.time": Rule(("timesformer.embeddings.time_embeddings",)),
     }
 
-    def name_of(target: str) -> Rule | None:
-        if target in fixed:
-            return fixed[target]
-        module, _, leaf = target.rpartition(".")
-        if module in ("norm", "head"):
-            return Rule((f"{'timesformer.layernorm' if module == 'norm' else 'classifier'}.{leaf}",))
-        m = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
-        if m and m.group(2) in block:
-            return Rule((f"timesformer.encoder.layer.{m.group(1)}.{block[m.group(2)]}.{leaf}",))
-        return None
-
+    name_of = vit_rules(fixed, "timesformer.layernorm", "classifier", "timesformer.encoder.layer.{}", block)
     return convert_by_rules(_expected_shapes(config), name_of, state_dict, source, "Hugging Face TimeSformer")
 
 
@@ -113,21 +103,8 @@ def convert_vivit(state_dict: Mapping[str, torch.Tensor], config: ViViTConfig, s
     }
     block = {"norms.0": "layernorm_before", "attns.0.proj": names["o"], "norm_mlp": "layernorm_after",
              "mlp.fc1": names["fc1"], "mlp.fc2": names["fc2"]}
-
-    def name_of(target: str) -> Rule | None:
-        if target in fixed:
-            return fixed[target]
-        module, _, leaf = target.rpartition(".")
-        if module in ("norm", "head"):
-            return Rule((f"{'vivit.layernorm' if module == 'norm' else 'classifier'}.{leaf}",))
-        m = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
-        if not m:
-            return None
-        layer = f"{names['layer']}.{m.group(1)}"
-        if m.group(2) == "attns.0.qkv":
-            return Rule(tuple(f"{layer}.{names[p]}.{leaf}" for p in "qkv"), "qkv")
-        return Rule((f"{layer}.{block[m.group(2)]}.{leaf}",)) if m.group(2) in block else None
-
+    name_of = vit_rules(fixed, "vivit.layernorm", "classifier", names["layer"] + ".{}", block,
+                        [names[p] for p in "qkv"])
     return convert_by_rules(_expected_shapes(config), name_of, state_dict, source, "Hugging Face ViViT")
 
 

@@ -26,7 +26,7 @@ import yaml
 from ..data.preprocessing import Preprocessing
 from ..models import TimeSformerConfig, get_spec
 from .common import (CheckpointError, Converted, Format, Rule, convert_by_rules, heads_of, model_shapes,
-                     register_format, tensor_dict)
+                     register_format, tensor_dict, vit_rules)
 
 _ANCHORS = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.norm1.weight", "blocks.0.attn.qkv.weight")
 ATTENTION_TYPES = {"divided_space_time": "divided", "joint_space_time": "joint", "space_only": "space"}
@@ -103,18 +103,7 @@ def _rules(scheme: str, p: str):
              "pos_embed.pos": Rule((p + "pos_embed",)), "pos_embed.space": Rule((p + "pos_embed",)),
              "pos_embed.time": Rule((p + "time_embed",))}
 
-    def rule_of(target: str) -> Rule | None:
-        if target in fixed:
-            return fixed[target]
-        module, _, leaf = target.rpartition(".")
-        if module in ("norm", "head"):
-            return Rule((f"{p}{module}.{leaf}",))
-        m = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
-        if m and m.group(2) in block:
-            return Rule((f"{p}blocks.{m.group(1)}.{block[m.group(2)]}.{leaf}",))
-        return None
-
-    return rule_of
+    return vit_rules(fixed, p + "norm", p + "head", p + "blocks.{}", block)
 
 
 def convert_official(obj: Any, source: str, model: str | None = None,
@@ -162,8 +151,4 @@ def _preprocessing(cfg: Mapping[str, Any], config: Mapping[str, Any]) -> Preproc
                          sampler="uniform" if dataset == "ssv2" else "dense")
 
 
-def _convert(obj: Any, source: str, model: str | None, overrides: dict[str, Any]) -> Converted:
-    return convert_official(obj, source, model, overrides)
-
-
-OFFICIAL = register_format(Format("timesformer", lambda obj: _state(obj) is not None, _convert))
+OFFICIAL = register_format(Format("timesformer", lambda obj: _state(obj) is not None, convert_official))

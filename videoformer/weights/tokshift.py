@@ -27,7 +27,7 @@ from typing import Any, Mapping
 from ..data.preprocessing import Preprocessing
 from ..models import FramewiseViTConfig, MSCAConfig, TokenShiftConfig, get_spec
 from .common import (CheckpointError, Converted, Format, Rule, convert_by_rules, heads_of, model_shapes,
-                     register_format, strip_prefix, tensor_dict)
+                     register_format, tensor_dict, vit_rules)
 
 _PREFIXES = ("module.base_model.", "base_model.", "module.")
 _ROOT = "transformer.embeddings.patch_embeddings.weight"
@@ -54,23 +54,8 @@ def _rule_of(p: str):
              "patch_embed.proj.weight": Rule((p + _ROOT,), "frame_conv"),
              "patch_embed.proj.bias": Rule((p + "transformer.embeddings.patch_embeddings.bias",))}
 
-    def rule_of(target: str) -> Rule | None:
-        if target in fixed:
-            return fixed[target]
-        module, _, leaf = target.rpartition(".")
-        if module == "norm":
-            return Rule((f"{p}transformer.encoder.encoder_norm.{leaf}",))
-        if module == "head":
-            return Rule((f"{p}head.{leaf}",))
-        m = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
-        if not m:
-            return None
-        layer = f"{p}transformer.encoder.layer.{m.group(1)}"
-        if m.group(2) == "attns.0.qkv":
-            return Rule(tuple(f"{layer}.attn.{n}.{leaf}" for n in ("query", "key", "value")), "qkv")
-        return Rule((f"{layer}.{_BLOCK[m.group(2)]}.{leaf}",)) if m.group(2) in _BLOCK else None
-
-    return rule_of
+    return vit_rules(fixed, p + "transformer.encoder.encoder_norm", p + "head", p + "transformer.encoder.layer.{}",
+                     _BLOCK, ("attn.query", "attn.key", "attn.value"))
 
 
 def convert_tokshift(obj: Any, source: str, model: str | None = None,
@@ -118,8 +103,4 @@ def convert_tokshift(obj: Any, source: str, model: str | None = None,
     return Converted(model, config, converted, source, pre)
 
 
-def _convert(obj: Any, source: str, model: str | None, overrides: dict[str, Any]) -> Converted:
-    return convert_tokshift(obj, source, model, overrides)
-
-
-TOKSHIFT = register_format(Format("tokshift", lambda obj: _state(obj) is not None, _convert))
+TOKSHIFT = register_format(Format("tokshift", lambda obj: _state(obj) is not None, convert_tokshift))
