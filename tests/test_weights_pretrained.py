@@ -105,13 +105,15 @@ def test_fine_tuning_from_an_official_release_carries_its_convention(data, tmp_p
     assert load_run(out, ["data.stride=3"]).model.preprocessing.stride == 3
 
 
-def test_fine_tuning_needs_the_checkpoints_family(data, tmp_path):
-    from videoformer.engine import ConfigError
+def test_fine_tuning_into_another_family_is_strict(data, tmp_path):
+    """A checkpoint of another family than model.name loads strictly into the named model: a TimeSformer
+    release into the frame-wise ViT of the config lists the keys that do not fit instead of dropping them."""
+    from videoformer.weights import CheckpointMismatchError
 
     release_file(tmp_path / "release.pyth", "divided")
-    cfg = load_config(None, base_overrides(data, tmp_path / "run") + [f"model.pretrained={tmp_path / 'release.pyth'}",
-                                                                    f"model.overrides.num_heads={HEADS}"])
-    with pytest.raises(ConfigError, match="holds a timesformer_b16_divided model"):
+    cfg = load_config(None, base_overrides(data, tmp_path / "run") + [f"model.pretrained={tmp_path / 'release.pyth'}"])
+    pattern = r"(?s)release.pyth \(a timesformer_b16_divided model\).*missing keys.*unexpected keys.*pos_embed.time"
+    with pytest.raises(CheckpointMismatchError, match=pattern):
         train(cfg)
 
 

@@ -73,40 +73,46 @@ def record_model(cfg: Config, model: nn.Module) -> None:
     cfg.model.preprocessing = model.preprocessing.to_dict()
 
 
-def _video_source(path: str) -> Any:
-    """The detected video format's contents of ``path``, or None for an image checkpoint (read errors such as
-    pickled objects propagate)."""
+def _video_source(path: str) -> tuple[str, str] | None:
+    """``(file or directory name, format name)`` of a video checkpoint ``load_pretrained`` reads, or None for
+    an image checkpoint (read errors such as pickled objects propagate)."""
     obj, name = read_source(path)
     try:
-        detect_format(obj, name)
+        return name, detect_format(obj, name).name
     except CheckpointError:
         return None
-    return obj
+
+
+def _label(source: tuple[str, str], src: nn.Module) -> str:
+    """How messages name a video checkpoint: ``.../best.pt (a vit_tiny_framewise run)``."""
+    return f"{source[0]} (a {src.registry_name} {'run' if source[1] == 'videoformer-run' else 'model'})"
 
 
 def pretrained_model(cfg: Config, num_classes: int) -> nn.Module:
-    """The run's model: built from ``cfg.model``, with ``model.pretrained`` loaded. A video checkpoint gives the
-    architecture (its config fields, conventions and input convention; ``model.num_frames`` / ``img_size`` /
-    ``drop_path_rate`` / ``overrides`` set in the config win, positional embeddings resized to them) and a fresh
-    head when the class count differs; an image ViT initialises the registered model (ViViT §3.4). The
-    resolved model and preprocessing are written back into ``cfg.model`` (:func:`record_model`)."""
+    """The run's model: built from ``cfg.model``, with ``model.pretrained`` loaded. A video checkpoint of
+    ``model.name``'s family gives the architecture (its config fields, conventions and input convention;
+    ``model.num_frames`` / ``img_size`` / ``drop_path_rate`` / ``overrides`` set in the config win, positional
+    embeddings resized to them) and a fresh head when the class count differs; one of another family loads
+    strictly into the registered ``model.name`` (a mismatch lists the keys); an image ViT initialises the
+    registered model (ViViT §3.4). The resolved model and preprocessing are written back into ``cfg.model``
+    (:func:`record_model`)."""
     mc = cfg.model
     path = mc.pretrained
     if path and not Path(path).exists():
         raise ConfigError(f"model.pretrained: {path} does not exist")
-    if path and _video_source(path) is not None:
+    source = _video_source(path) if path else None
+    if source is not None:
         src = load_pretrained(path, **mc.overrides)  # fields the file does not record (num_heads) come from here
-        spec = get_spec(mc.name) if mc.name else None
-        if spec is None or spec.config_cls is not get_spec(src.registry_name).config_cls:
-            raise ConfigError(f"model.pretrained: {path} holds a {src.registry_name} model; model.name={mc.name} is "
-                              f"another family (set model.name={src.registry_name})")
-        explicit = {k: v for k, v in model_kwargs(mc, num_classes).items() if v is not None}
-        try:
-            model = create_model(mc.name, **{**src.registry_config, **explicit})
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"model: {err}") from None
-        transfer(src, model, f"{path} (a {src.registry_name} model)")
-        model.preprocessing = src.preprocessing
+        if get_spec(mc.name).config_cls is get_spec(src.registry_name).config_cls:
+            explicit = {k: v for k, v in model_kwargs(mc, num_classes).items() if v is not None}
+            try:
+                model = create_model(mc.name, **{**src.registry_config, **explicit})
+            except (ValueError, TypeError) as err:
+                raise ConfigError(f"model: {err}") from None
+            model.preprocessing = src.preprocessing
+        else:
+            model = build_model(mc, num_classes)
+        transfer(src, model, _label(source, src))
     else:
         model = build_model(mc, num_classes)
         if path:
@@ -123,9 +129,10 @@ def load_pretrained_weights(model: nn.Module, path: str) -> None:
     ``init_mmvit_from_image``). Prefer :func:`pretrained_model`, which also takes the weights' architecture."""
     if not Path(path).exists():
         raise ConfigError(f"model.pretrained: {path} does not exist")
-    if _video_source(path) is not None:
+    source = _video_source(path)
+    if source is not None:
         src = load_pretrained(path)
-        transfer(src, model, f"{path} (a {src.registry_name} model)")
+        transfer(src, model, _label(source, src))
     elif isinstance(model, MMViT):
         init_mmvit_from_image(model, path)
     else:
