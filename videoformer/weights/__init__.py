@@ -5,10 +5,10 @@ from .common import FORMATS, CheckpointError, CheckpointMismatchError, Converted
 from .hf import config_from_hf, convert_timesformer, convert_vivit
 from .image import read_image_vit
 from .inflate import inflate_tubelet, init_from_image
-from .pretrained import is_video_checkpoint, load_pretrained, save_pretrained, transfer
+from .pretrained import load_pretrained, save_pretrained, transfer
 
 __all__ = [
     "FORMATS", "CheckpointError", "CheckpointMismatchError", "Converted", "Format", "config_from_hf",
-    "convert_timesformer", "convert_vivit", "inflate_tubelet", "init_from_image", "is_video_checkpoint",
+    "convert_timesformer", "convert_vivit", "inflate_tubelet", "init_from_image",
     "load_pretrained", "read_image_vit", "read_state_dict", "register_format", "save_pretrained", "transfer",
 ]

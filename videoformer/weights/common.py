@@ -249,11 +249,6 @@ def tensor_dict(obj: Any, wrappers: Sequence[str] = ()) -> Mapping[str, Any] | N
     return obj
 
 
-def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
-    """Keys without ``prefix`` where they have it (DDP's ``module.``, a wrapper's ``model.``)."""
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
-
-
 @dataclass(frozen=True)
 class Rule:
     """How one of our tensors is made from source tensors: ``copy``, ``qkv`` (concatenate the q, k, v rows) or

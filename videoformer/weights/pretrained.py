@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..data.preprocessing import Preprocessing
@@ -129,17 +129,6 @@ def load_pretrained(source: str | os.PathLike, model: str | None = None, **overr
     ``overrides``: config fields (``num_classes``, ``num_frames``, ``img_size``, ``num_heads``, ...).
     """
     return from_converted(convert(source, model, **overrides), overrides)
-
-
-def is_video_checkpoint(source: str | os.PathLike) -> bool:
-    """Whether ``load_pretrained`` recognises ``source`` (a file read and a directory inspected, no model
-    built); unreadable files and image checkpoints are not."""
-    try:
-        obj, name = read_source(source)
-        detect_format(obj, name)
-    except CheckpointError:
-        return False
-    return True
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike,
