@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from videoformer.layers import fused_attention
 from videoformer.models import FramewiseViT, TimeSformer, ViViT
 from videoformer.weights.common import CheckpointError, CheckpointMismatchError
-from videoformer.weights.hf import config_from_hf, convert_timesformer, convert_vivit, load_pretrained
+from videoformer.weights import load_pretrained
+from videoformer.weights.hf import config_from_hf, convert_timesformer, convert_vivit
 
 transformers = pytest.importorskip("transformers")
 
@@ -169,3 +170,15 @@ def test_pickled_objects_are_never_executed(checkpoints, tmp_path):
     with pytest.raises(CheckpointError, match="pytorch_model.bin"):
         load_pretrained(tmp_path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("case", ["divided_space_time", "joint_space_time"])
+def test_timesformer_resizes_like_hugging_face(checkpoints, case):
+    """At another frame size Hugging Face (like the official code) resizes the positional embedding by nearest
+    neighbour; the converted model carries that rule (pos_resize="nearest")."""
+    hf, directory = checkpoints[case]
+    ours = load_pretrained(directory)
+    assert ours.cfg.pos_resize == "nearest"
+    x = torch.randn(B, 3, T, 48, 48)
+    with torch.no_grad():
+        assert (ours(x) - hf_logits(hf, x, case)).abs().max().item() < 1e-4

@@ -1,6 +1,7 @@
 """The ``videoformer`` command: ``info`` (parameters and GMACs of a registered model), ``list`` (model names),
 ``train`` (a YAML config with ``key=value`` overrides), ``eval`` (multi-view testing of a run or checkpoint),
-``predict`` (class scores of video files), ``extract`` (compressed-domain cache of a dataset), ``rollout``
+``predict`` (class scores of video files), ``convert`` (any pretrained checkpoint -> a videoformer directory),
+``extract`` (compressed-domain cache of a dataset), ``rollout``
 (attention-rollout overlays), ``demo`` (the synthetic-action demo behind ``make demo``).
 
 Each subcommand is a parser in :func:`build_parser` and a handler.
@@ -130,6 +131,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Read a pretrained checkpoint (format from its contents) and write a self-describing videoformer directory."""
+    import yaml
+
+    from .weights import load_pretrained, save_pretrained
+
+    try:
+        overrides = {}
+        for item in args.overrides:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"override {item!r}: expected key=value, e.g. num_frames=16")
+            overrides[key] = yaml.safe_load(raw)
+        classes = None
+        if args.classes:
+            classes = [line.strip() for line in open(args.classes, encoding="utf-8") if line.strip()]
+        model = load_pretrained(args.source, args.model, **overrides)
+        out = save_pretrained(model, args.out_dir, classes)
+    except (ValueError, OSError) as err:
+        print(f"videoformer convert: {err}", file=sys.stderr)
+        return 2
+    print(f"{model.registry_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) -> {out}")
+    return 0
+
+
 def cmd_rollout(args: argparse.Namespace) -> int:
     """Attention-rollout PNG overlays of one video (MM-ViT: I-frame / MV / residual rows and an audio strip)."""
     from .analysis.rollout import rollout_video
@@ -198,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="one JSON object per file (JSON lines)")
     pr.set_defaults(handler=cmd_predict)
 
+    cv = sub.add_parser("convert", help="a pretrained checkpoint (official release, Hugging Face, run) -> a "
+                        "videoformer directory that load_pretrained and model.pretrained read with no other argument")
+    cv.add_argument("source", help="checkpoint file (.pyth, .pth, ... recognised from the contents) or directory")
+    cv.add_argument("out_dir", help="output directory (config.json + model.safetensors)")
+    cv.add_argument("--model", help="registry name, where the file does not record it (e.g. tokenshift_b16)")
+    cv.add_argument("--classes", help="text file of class names, one per line, in label order")
+    cv.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config fields, e.g. num_frames=16")
+    cv.set_defaults(handler=cmd_convert)
+
     ro = sub.add_parser("rollout", help="attention-rollout PNG overlays of a model on one video file")
     ro.add_argument("model", help="registered model name, e.g. mmvit_b16_merged or timesformer_b16_divided")
     ro.add_argument("video", help="video file (MM-ViT: an MPEG-4 re-encode without B-frames)")
@@ -223,7 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``videoformer`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides written after an option (`convert SRC OUT --model M num_frames=16`)
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     return args.handler(args)
 
 

@@ -84,11 +84,17 @@ class ModelConfig:
     num_frames: Annotated[int | None, AT_LEAST_1] = None  # None: the registered default
     img_size: Annotated[int | None, AT_LEAST_1] = None  # a multiple of the patch size (checked with the model)
     num_classes: Annotated[int | None, AT_LEAST_1] = None  # None: from the dataset's class list
-    pretrained: str | None = None  # a run checkpoint, a Hugging Face video dir, or an image ViT (HF / timm / npz)
+    # Pretrained weights: any video checkpoint load_pretrained reads (official release file, Hugging Face or
+    # videoformer directory, run) -- the model takes its architecture and input convention -- or an image ViT
+    # (HF / timm / npz) for ViViT §3.4 initialisation.
+    pretrained: str | None = None
     drop_path_rate: Annotated[float | None, Range(0, 1, hi_open=True)] = None
     freeze: list[str] = field(default_factory=list)  # glob patterns over parameter names, e.g. "blocks.0.*"
     grad_checkpointing: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)  # further fields of the family's config dataclass
+    # Input convention (Preprocessing fields: mean, std, resize, ...): empty = the weights' own, else the model
+    # family's. Keys set here win over the weights'; train writes the resolved convention back here.
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,8 +105,9 @@ class DataConfig:
     val: str = "val"
     annotations: str = ""  # split-file folder (ucf101 / hmdb51) or labels.json (ssv2), under root if relative
     input: Literal["rgb", "compressed"] = "rgb"
-    sampler: Literal["dense", "uniform"] = "dense"
-    stride: Annotated[int, AT_LEAST_1] = 4  # frames between sampled frames (dense)
+    sampler: Literal["dense", "uniform"] | None = None  # None: the weights' / model family's (model.preprocessing)
+    # frames between sampled frames (dense); None: the weights' / model family's
+    stride: Annotated[int | None, AT_LEAST_1] = None
     crop: Literal["scale_jitter", "random_resized"] = "scale_jitter"
     min_scale: Annotated[float, POSITIVE] = 0.9  # scale jitter of the short side (<= max_scale)
     max_scale: Annotated[float, POSITIVE] = 1.33
@@ -262,8 +269,8 @@ def apply_override(config: Config, override: str) -> None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and raw.strip() != str(value):
         value = raw  # keep e.g. "001" as written; the field type decides
     parts = key.strip().split(".")
-    if parts[:2] == ["model", "overrides"] and len(parts) == 3:  # free-form family config fields
-        config.model.overrides[parts[2]] = value
+    if parts[0] == "model" and len(parts) == 3 and parts[1] in ("overrides", "preprocessing"):  # free-form maps
+        getattr(config.model, parts[1])[parts[2]] = value
         return
     nested: Any = value
     for part in reversed(parts):

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, default_collate
 from ..data import (Annotations, CompressedTransform, CompressedVideoDataset, DatasetFailure, VideoDataset,
                     VideoReadError, VideoRecord, VideoTransform, read_csv, read_epic_kitchens, read_folder, read_hmdb51,
                     read_kinetics, read_ssv2, read_ucf101)
-from ..data.transforms import center_crop, normalize, short_side_scale, three_crop
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, center_crop, normalize, short_side_scale, three_crop
 from .config import Config, ConfigError, DataConfig
 
 MODALITIES = ("iframe", "mv", "residual", "audio")
@@ -80,22 +80,26 @@ def check_labels(ann: Annotations, heads: Sequence[int], split: str) -> None:
 
 @dataclass
 class EvalTransform:
-    """Test views of a uint8 (3, T, H, W) clip: short side to ``size``, then 1 centre or 3 crops along the
-    longer side (ViViT §4.1) -> normalised (S, 3, T, size, size)."""
+    """Test views of a uint8 (3, T, H, W) clip: short side to ``short_side`` (default ``size``), then 1 centre
+    or 3 crops of ``size`` along the longer side (ViViT §4.1) -> normalised (S, 3, T, size, size)."""
 
     size: int
     num_crops: int = 1
+    short_side: int | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
     def __call__(self, clip: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
-        scaled = short_side_scale(clip, self.size)
+        scaled = short_side_scale(clip, self.short_side or self.size)
         crops = [center_crop(scaled, self.size)] if self.num_crops == 1 else three_crop(scaled, self.size)
-        return torch.stack([normalize(c, channel_dim=0) for c in crops])
+        return torch.stack([normalize(c, self.mean, self.std, channel_dim=0) for c in crops])
 
 
 def video_dataset(cfg: Config, records: Sequence[VideoRecord], model: nn.Module, train: bool,
                   num_clips: int = 1, num_crops: int = 1) -> VideoDataset | CompressedVideoDataset:
     """RGB clips, or compressed-domain samples (``data.input=compressed``: the modalities ``model`` takes)
-    at the model's frames and size; test mode gives ``num_clips`` x ``num_crops`` views. The dataset itself
+    at the model's frames and size; test mode gives ``num_clips`` x ``num_crops`` views. RGB clips follow
+    ``model.preprocessing`` (sampler, stride, short side, mean / std; see ``engine.model``). The dataset itself
     never gives up on unreadable videos (a DataLoader worker sees only its share of them): the training loop
     counts them over all workers and applies ``data.max_fail_fraction``."""
     d, mc = cfg.data, model.cfg
@@ -107,13 +111,15 @@ def video_dataset(cfg: Config, records: Sequence[VideoRecord], model: nn.Module,
         return CompressedVideoDataset(records, num_segments=mc.num_frames, train=train, transform=transform,
                                       audio="audio" in mc.modalities, audio_weights=d.audio_weights or None,
                                       max_fail_fraction=1.0, seed=cfg.train.seed)
+    pre = model.preprocessing
     if train:
-        transform = VideoTransform(size=mc.img_size, train=True, crop=d.crop, min_scale=d.min_scale,
+        transform = VideoTransform(size=pre.img_size, train=True, crop=d.crop, min_scale=d.min_scale,
                                    max_scale=d.max_scale, flip_prob=d.flip_prob, color_jitter_prob=d.color_jitter_prob,
-                                   randaug_layers=d.randaug_layers, randaug_magnitude=d.randaug_magnitude)
+                                   randaug_layers=d.randaug_layers, randaug_magnitude=d.randaug_magnitude,
+                                   mean=pre.mean, std=pre.std)
     else:
-        transform = EvalTransform(mc.img_size, num_crops)
-    return VideoDataset(records, num_frames=mc.num_frames, sampler=d.sampler, stride=d.stride, train=train,
+        transform = EvalTransform(pre.img_size, num_crops, pre.short_side, pre.mean, pre.std)
+    return VideoDataset(records, num_frames=pre.num_frames, sampler=pre.sampler, stride=pre.stride, train=train,
                         num_clips=num_clips, transform=transform, max_fail_fraction=1.0, seed=cfg.train.seed)
 
 

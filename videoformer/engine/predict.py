@@ -1,4 +1,6 @@
-"""Trained runs at test time: ``load_run`` (a run directory or checkpoint -> config, model, classes),
+"""Trained runs at test time: ``load_run`` (a run directory or checkpoint -> config, model, classes; any other
+pretrained source ``load_pretrained`` reads -- an official release file, a Hugging Face or exported directory --
+gives a run whose data section comes from the command line),
 ``evaluate_run`` (multi-view testing of the run's validation split) and ``predict_files`` (class scores of
 video files, each unreadable file reported on its own)."""
 from __future__ import annotations
@@ -12,13 +14,15 @@ import torch
 from torch import nn
 
 from ..data import VideoRecord
-from ..weights.common import load_checked
-from .checkpoint import checkpoint_path, load_checkpoint
+from ..weights import load_pretrained
+from ..weights.common import CheckpointError, load_checked
+from ..weights.pretrained import read_source
+from .checkpoint import checkpoint_path
 from .config import Config, ConfigError, apply_override, config_from_dict, validate
 from .data import EvalItems, check_labels, read_split, video_dataset
 from .distributed import pick_device
 from .evaluate import EvalResult, EvaluationError, check_scores, evaluate, predict_scores
-from .model import build_model
+from .model import LEGACY_PREPROCESSING, build_model, record_model, resolve_preprocessing
 
 
 @dataclass
@@ -52,20 +56,45 @@ def parse_views(text: str) -> tuple[int, int]:
 
 def load_run(path: str | os.PathLike, overrides: Sequence[str] = ()) -> LoadedRun:
     """The model of a run directory (its ``best`` checkpoint, else ``last``) or of a checkpoint file, in eval
-    mode on the configured device, with the run's config plus ``key=value`` overrides (e.g. ``data.val=...``)."""
+    mode on the configured device, with the run's config plus ``key=value`` overrides (e.g. ``data.val=...``).
+    Any other source ``load_pretrained`` reads runs with a default config (its data section from the
+    overrides), the weights' preprocessing and class names (``0``, ``1``, ... when the file has none)."""
     p = Path(path)
-    if p.is_dir():
+    if p.is_dir() and (p / "checkpoints").is_dir():
         best = checkpoint_path(p, "best")
         p = best if best.is_file() else checkpoint_path(p, "last")
-    state = load_checkpoint(p)
-    cfg = config_from_dict(state["config"], str(p))
+    state, source = read_source(p)
+    if not (isinstance(state, dict) and "model" in state and "config" in state):
+        return _load_pretrained_run(p, overrides)
+    cfg = config_from_dict(state["config"], source)
+    if "preprocessing" not in state["config"].get("model", {}):  # saved before weights carried preprocessing
+        cfg.model.preprocessing = dict(LEGACY_PREPROCESSING)
     for override in overrides:
         apply_override(cfg, override)
     validate(cfg)
     model = build_model(cfg.model, sum(state["heads"]))
-    load_checked(model, state["model"], str(p))
+    load_checked(model, state["model"], source)
+    model.preprocessing = resolve_preprocessing(model, cfg)
     device = pick_device(cfg.train.device)
-    return LoadedRun(cfg, model.to(device).eval(), state["classes"], list(state["heads"]), str(p), device)
+    return LoadedRun(cfg, model.to(device).eval(), state["classes"], list(state["heads"]), source, device)
+
+
+def _load_pretrained_run(path: Path, overrides: Sequence[str]) -> LoadedRun:
+    try:
+        model = load_pretrained(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path} is neither a videoformer run nor a pretrained model: {err}") from None
+    cfg = Config()
+    cfg.model.name = model.registry_name
+    for override in overrides:
+        apply_override(cfg, override)
+    validate(cfg)
+    model.preprocessing = resolve_preprocessing(model, cfg)
+    record_model(cfg, model)
+    classes = model.classes or [str(i) for i in range(model.cfg.num_classes)]
+    heads = [len(v) for v in classes.values()] if isinstance(classes, dict) else [len(classes)]
+    device = pick_device(cfg.train.device)
+    return LoadedRun(cfg, model.to(device).eval(), classes, heads, str(path), device)
 
 
 def evaluate_run(run: LoadedRun, num_clips: int | None = None, num_crops: int | None = None,

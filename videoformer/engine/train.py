@@ -41,7 +41,7 @@ from .config import Config, ConfigError
 from .data import CountingDataset, check_labels, collate_counted, head_sizes, read_split, video_dataset
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .evaluate import EvaluationError, autocast, evaluate, split_heads, to_device
-from .model import build_model, freeze, load_pretrained_weights
+from .model import freeze, pretrained_model
 from .report import TensorBoard, plot_confusion, plot_curves
 from .schedules import LRSchedule
 
@@ -105,15 +105,13 @@ def prepare(cfg: Config, log: bool = True) -> Setup:
     check_labels(val_ann, heads, "val")
     if cfg.model.num_classes is not None and cfg.model.num_classes != sum(heads):
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the dataset has {sum(heads)} classes")
-    model = build_model(cfg.model, sum(heads))
+    model = pretrained_model(cfg, sum(heads))  # model.pretrained loaded; cfg.model records what was built
     compressed = hasattr(model.cfg, "modalities")
     if compressed != (cfg.data.input == "compressed"):
         raise ConfigError(f"data.input={cfg.data.input} but {cfg.model.name} takes "
                           f"{'compressed-domain modalities (MM-ViT)' if compressed else 'RGB clips'}")
     if compressed and (cfg.train.mixup_alpha or cfg.train.cutmix_alpha):
         raise ConfigError("train.mixup_alpha / cutmix_alpha: not supported for compressed-domain input")
-    if cfg.model.pretrained:
-        load_pretrained_weights(model, cfg.model.pretrained)
     if cfg.model.freeze:
         freeze(model, cfg.model.freeze)
     if cfg.model.grad_checkpointing:

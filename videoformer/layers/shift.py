@@ -5,6 +5,11 @@ so the number of frames travels explicitly with the tokens in a :class:`FrameGri
 ``(B*T, ...)`` tensor, :func:`shift_frames` replaces the first ``back`` entries of frame ``t`` by those of frame
 ``t-1`` and the next ``fwd`` entries by those of frame ``t+1`` (MSCA Eq. 8, 17-18, 21); the rest is left as is.
 
+Where the two slices sit along the axis (``layout``):
+    ``"back_fwd"`` (default, MSCA paper Eq. 8): ``[t-1 | t+1 | rest]``.
+    ``"fwd_back"`` (official TokShift-Transformer ``shift_tk``): ``[t+1 | t-1 | rest]``.
+    ``"fwd_rest_back"`` (the MSCA authors' ``AttentionShift`` code): ``[t+1 | rest | t-1]``, the t-1 slice last.
+
 Boundary frames (``boundary``):
     ``"zero"`` (default, as TSM and the official TokenShift / MSCA code): frame 0 receives zeros in place of
     frame -1, frame T-1 receives zeros in place of frame T. A shifted key of zeros gives uniform attention
@@ -23,6 +28,16 @@ from .grid import FrameGrid
 
 Boundary = Literal["zero", "circular"]
 BOUNDARIES: tuple[str, ...] = ("zero", "circular")
+ShiftLayout = Literal["back_fwd", "fwd_back", "fwd_rest_back"]
+LAYOUTS: dict[str, tuple[str, str, str]] = {
+    "back_fwd": ("back", "fwd", "rest"), "fwd_back": ("fwd", "back", "rest"), "fwd_rest_back": ("fwd", "rest", "back"),
+}
+
+
+def check_layout(layout: str) -> None:
+    """Raise ``ValueError`` unless ``layout`` is one of :data:`LAYOUTS`."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown shift layout {layout!r}; choose from {', '.join(LAYOUTS)}")
 
 
 def check_boundary(boundary: str) -> None:
@@ -46,11 +61,12 @@ def _next(x: torch.Tensor, boundary: Boundary) -> torch.Tensor:
 
 
 def shift_frames(x: torch.Tensor, frames: int, dim: int, back: int, fwd: int,
-                 boundary: Boundary = "zero") -> torch.Tensor:
+                 boundary: Boundary = "zero", layout: ShiftLayout = "back_fwd") -> torch.Tensor:
     """Temporal shift of a slice along axis ``dim`` of ``x`` (``(B*frames, ...)``, frames consecutive).
 
-    Entries ``[0, back)`` of frame ``t`` come from frame ``t-1``, entries ``[back, back+fwd)`` from frame
-    ``t+1``, the rest from frame ``t`` (MSCA Eq. 8 for CLS channels, Eq. 17-18 for heads, Eq. 21 for tokens).
+    With the default ``layout="back_fwd"``, entries ``[0, back)`` of frame ``t`` come from frame ``t-1``,
+    entries ``[back, back+fwd)`` from frame ``t+1``, the rest from frame ``t`` (MSCA Eq. 8 for CLS channels,
+    Eq. 17-18 for heads, Eq. 21 for tokens); other layouts place the slices as :data:`LAYOUTS` says.
     ``dim`` counts the axes of ``x`` (``dim >= 1``; axis 0 is the folded batch).
     """
     dim = dim % x.ndim
@@ -61,6 +77,7 @@ def shift_frames(x: torch.Tensor, frames: int, dim: int, back: int, fwd: int,
         raise ValueError(f"shift amounts back={back} + fwd={fwd} must be >= 0 and fit in the {size} entries of "
                          f"axis {dim} (shape {tuple(x.shape)})")
     check_boundary(boundary)
+    check_layout(layout)
     if frames < 1 or x.shape[0] % frames:
         raise ValueError(f"leading axis {x.shape[0]} of {tuple(x.shape)} is not a multiple of frames={frames}")
     if not back and not fwd:
@@ -68,6 +85,9 @@ def shift_frames(x: torch.Tensor, frames: int, dim: int, back: int, fwd: int,
     if frames < 2:
         raise ValueError(f"a temporal shift needs at least 2 frames, got T={frames} (back={back}, fwd={fwd})")
     clips = rearrange(x, "(b t) ... -> b t ...", t=frames)
-    prev, nxt, rest = clips.split([back, fwd, size - back - fwd], dim=dim + 1)
-    out = torch.cat([_previous(prev, boundary), _next(nxt, boundary), rest], dim=dim + 1)
+    order = LAYOUTS[layout]
+    sizes = {"back": back, "fwd": fwd, "rest": size - back - fwd}
+    ops = {"back": lambda s: _previous(s, boundary), "fwd": lambda s: _next(s, boundary), "rest": lambda s: s}
+    parts = clips.split([sizes[name] for name in order], dim=dim + 1)
+    out = torch.cat([ops[name](part) for name, part in zip(order, parts)], dim=dim + 1)
     return rearrange(out, "b t ... -> (b t) ...")

@@ -1,7 +1,9 @@
 """What every videoformer model shares: the classifier head, the model API, initialisation."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -32,6 +34,19 @@ class VideoModel(nn.Module):
 
     num_features: int
     grad_checkpointing: bool = False
+    # Set by create_model / load_pretrained: the registry name and fields that rebuild the model, the input
+    # convention of its weights (videoformer.data.preprocessing.Preprocessing) and its class names, if known.
+    registry_name: str | None = None
+    registry_config: dict[str, Any] | None = None
+    preprocessing: Any = None
+    classes: list[str] | dict[str, list[str]] | None = None
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write a self-describing directory (config.json + model.safetensors) that
+        ``videoformer.load_pretrained(directory)`` reads with no other argument."""
+        from ..weights.pretrained import save_pretrained
+
+        return save_pretrained(self, directory)
 
     def _init_head(self, num_classes: int, head_drop: float) -> None:
         self.head_drop = nn.Dropout(head_drop)

@@ -9,6 +9,10 @@
     then sparse global MSA over the patches at a stride of 2 along t, h and w.
 ``axial`` (T+W+H): time, then width, then height attention, the first two with the extra projection.
 Every scheme uses a separable space + time positional embedding, as the official code does.
+
+Conventions of the official code are config choices: ``pos_resize="nearest"`` resizes the positional and time
+embeddings at other input sizes by nearest neighbour (official ``vit.py``; default: bicubic / linear), and
+``readout="mean_tokens"`` is the official space-only read-out (see :mod:`videoformer.models.vit`).
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from torch import nn
 
 from ..layers import AxisAttention, Block, Grid, Grouping, SeparablePosEmbed, TubeletEmbed, drop_path_rates
 from .base import TransformerConfig, VideoModel, init_weights
-from .vit import FramewiseViT, FramewiseViTConfig
+from ..layers.pos_embed import check_resize_mode
+from .vit import FramewiseViT, FramewiseViTConfig, check_readout
 
 SCHEMES = ("space", "joint", "divided", "local_global", "axial")
 
@@ -29,11 +34,18 @@ class TimeSformerConfig(TransformerConfig):
     """TimeSformer-B/16 on 8 frames of 224² by default (Table 1 of the paper)."""
 
     scheme: str = "divided"
+    readout: str = "mean_logits"  # space-only: "mean_tokens" is the official read-out
+    pos_resize: str = "interpolate"  # official code: "nearest"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.scheme not in SCHEMES:
             raise ValueError(f"unknown TimeSformer scheme {self.scheme!r}; choose from {SCHEMES}")
+        check_readout(self.readout)
+        check_resize_mode(self.pos_resize)
+        if self.scheme != "space" and self.readout != "mean_logits":
+            raise ValueError(f"readout={self.readout!r} applies to the space-only scheme; {self.scheme} reads the CLS "
+                             "token")
 
 
 def sublayer_plan(scheme: str, n: int) -> list[tuple[Grouping, str, bool]]:
@@ -65,7 +77,7 @@ class TimeSformer(VideoModel):
         self.patch_embed = TubeletEmbed(cfg.in_chans, d, (1, cfg.patch_size, cfg.patch_size))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = SeparablePosEmbed(d, Grid(t=cfg.num_frames, h=cfg.patches, w=cfg.patches, prefix=1),
-                                           cfg.pos_embed_std, time_std=cfg.time_embed_std)
+                                           cfg.pos_embed_std, time_std=cfg.time_embed_std, mode=cfg.pos_resize)
         plan = sublayer_plan(cfg.scheme, cfg.patches)
         self.blocks = nn.ModuleList(
             Block(

@@ -1,7 +1,9 @@
 """Frame-wise ViT: an image ViT applied to every frame, frame logits averaged over time.
 
-The baseline of the MSCA paper, and TimeSformer's "space-only" attention (Hugging Face computes the
-per-frame logits; their mean over time is this model's output).
+The baseline of the MSCA paper, and TimeSformer's "space-only" attention. Read-out (``readout``):
+``"mean_logits"`` (default; Hugging Face computes the per-frame logits, TokShift-Transformer averages them:
+their mean over time is this model's output) or ``"mean_tokens"`` (the official TimeSformer space-only model:
+every token averaged over frames *before* the final LayerNorm, then the CLS token -> head).
 """
 from __future__ import annotations
 
@@ -12,14 +14,33 @@ from einops import rearrange
 from torch import nn
 
 from ..layers import AxisAttention, Block, FrameGrid, Grid, Grouping, JointPosEmbed, TubeletEmbed, drop_path_rates
+from ..layers.pos_embed import check_resize_mode
 from .base import TransformerConfig, VideoModel, init_weights
+
+READOUTS = ("mean_logits", "mean_tokens")
 
 
 @dataclass
 class FramewiseViTConfig(TransformerConfig):
-    """ViT-B/16 on each frame by default; ``class_token=False`` pools patch tokens by their mean."""
+    """ViT-B/16 on each frame by default; ``class_token=False`` pools patch tokens by their mean.
+
+    ``readout``: ``"mean_logits"`` or ``"mean_tokens"`` (official TimeSformer space-only, see the module
+    docstring); ``pos_resize``: positional-embedding rule at other sizes (``"interpolate"`` or ``"nearest"``).
+    """
 
     class_token: bool = True
+    readout: str = "mean_logits"
+    pos_resize: str = "interpolate"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_readout(self.readout)
+        check_resize_mode(self.pos_resize)
+
+
+def check_readout(readout: str) -> None:
+    if readout not in READOUTS:
+        raise ValueError(f"unknown frame-wise read-out {readout!r}; choose from {', '.join(READOUTS)}")
 
 
 class FramewiseViT(VideoModel):
@@ -32,7 +53,7 @@ class FramewiseViT(VideoModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.class_token else None
         self.num_prefix = int(cfg.class_token)
         self.pos_embed = JointPosEmbed(d, Grid(t=1, h=cfg.patches, w=cfg.patches, prefix=self.num_prefix),
-                                       cfg.pos_embed_std)
+                                       cfg.pos_embed_std, cfg.pos_resize)
         self.blocks = nn.ModuleList(
             Block(
                 d,
@@ -49,13 +70,17 @@ class FramewiseViT(VideoModel):
         self._init_head(cfg.num_classes, cfg.head_drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, T, H, W)`` -> normalised tokens ``(B, T, P + N, D)`` of every frame."""
+        """``(B, C, T, H, W)`` -> normalised tokens ``(B, T, P + N, D)`` of every frame (``readout="mean_tokens"``:
+        ``(B, 1, P + N, D)``, the frame mean taken before the final LayerNorm)."""
         x, grid = self.patch_embed(x)
         B, T = x.shape[0], grid.t
         x = rearrange(x, "b (t n) d -> (b t) n d", t=T)
         grid = FrameGrid(t=1, h=grid.h, w=grid.w, prefix=self.num_prefix, frames=T)  # frames fold into batch
         x = self.run_blocks(self.blocks, self.pos_embed(self.prepend(self.cls_token, x), grid), grid)
-        return rearrange(self.norm(x), "(b t) n d -> b t n d", b=B)
+        x = rearrange(x, "(b t) n d -> b t n d", b=B)
+        if self.cfg.readout == "mean_tokens":
+            x = x.mean(dim=1, keepdim=True)
+        return self.norm(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over frames of each frame's CLS token or mean patch token (= mean of the frame logits, the

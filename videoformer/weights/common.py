@@ -4,7 +4,10 @@
 (``allow_pickle=False``) or a torch pickle loaded with ``weights_only=True`` -- never arbitrary objects, so a
 crafted file cannot run code; the format is recognised from the contents, not the suffix (``.pyth``, ``.pth``,
 ``checkpoint_1000``). ``read_state_dict(path)`` is ``read_file`` that insists on names -> tensors.
-``Converted`` and ``register_format`` are the contract of the official-checkpoint converters.
+``Converted`` and ``register_format`` are the contract of the official-checkpoint converters;
+``detect_format`` picks the one registered :class:`Format` that recognises a file's contents (a directory is
+passed to the formats as a :class:`Directory`). ``Rule`` / ``convert_by_rules`` build our state dict from a
+foreign one, checking that every source key exists with the implied shape and is used exactly once.
 ``check_state_dict(state_dict, expected, source)`` raises :class:`CheckpointMismatchError` listing
 every missing, unexpected and wrongly shaped key at once; ``check_finite(tensors, source)`` raises
 :class:`NonFiniteWeightsError` naming the first tensors holding NaN / inf. ``load_checked(model, state_dict,
@@ -12,9 +15,11 @@ source)`` does both against the model's own state dict, then loads strictly.
 """
 from __future__ import annotations
 
+import json
 import pickle
+import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -190,7 +195,13 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
 @dataclass
 class Converted:
     """An official checkpoint translated to this library: the registered architecture, the config fields that
-    differ from its defaults, the weights in this library's key layout, and the input convention."""
+    differ from its defaults, the weights in this library's key layout, and the input convention.
+
+    ``config`` describes the checkpoint's *own* architecture (``state_dict`` loads strictly into
+    ``create_model(model, **config)``); a converter takes from the caller's ``overrides`` only what the file does
+    not record (e.g. ``num_frames`` of a model without a time embedding). ``load_pretrained`` applies the
+    remaining overrides (other frames / size / class count) by transferring the weights into a model built with
+    them: positional embeddings resized by the model's rule, a fresh head when the class count differs."""
 
     model: str  # registry name, e.g. "timesformer_b16_divided"
     config: dict[str, Any]  # create_model overrides: num_classes, num_frames, img_size, readout, ...
@@ -202,13 +213,14 @@ class Converted:
 
 @dataclass(frozen=True)
 class Format:
-    """One checkpoint layout: ``detect(obj)`` says whether a file's contents (as :func:`read_file` returns them)
-    are in this layout; ``convert(obj, source, model, overrides)`` translates them (``model``: a registry name
-    the caller insists on, or None; ``overrides``: config fields the caller sets)."""
+    """One checkpoint layout: ``detect(obj)`` says whether a file's contents (as :func:`read_file` returns them,
+    or a :class:`Directory`) are in this layout; ``convert(obj, source, model, overrides)`` translates them
+    (``model``: a registry name the caller insists on, or None; ``overrides``: config fields the caller sets)."""
 
     name: str
     detect: Callable[[Any], bool]
     convert: Callable[[Any, str, str | None, dict[str, Any]], Converted]
+    video: bool = True  # False: an image checkpoint (for init_from_image, not load_pretrained)
 
 
 FORMATS: dict[str, Format] = {}
@@ -218,3 +230,157 @@ def register_format(fmt: Format) -> Format:
     """Make a layout known to ``load_pretrained``; each converter module registers its own at import."""
     FORMATS[fmt.name] = fmt
     return fmt
+
+
+@dataclass(frozen=True)
+class Directory:
+    """A checkpoint directory as the formats see it: its path and its parsed ``config.json`` (None if absent)."""
+
+    path: Path
+    config: dict[str, Any] | None = field(default=None, compare=False)
+
+    @classmethod
+    def open(cls, path: Path) -> "Directory":
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            return cls(path)
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{config_path}: invalid JSON: {err}") from err
+        return cls(path, config if isinstance(config, dict) else None)
+
+
+def describe(obj: Any) -> str:
+    """What a file holds, for error messages: its top-level keys (a few tensor keys of a bare state dict)."""
+    if isinstance(obj, Directory):
+        names = sorted(p.name for p in obj.path.iterdir())[:12]
+        return f"a directory with {', '.join(names) or 'nothing'}"
+    if isinstance(obj, Mapping):
+        keys = list(obj)
+        shown = ", ".join(map(str, keys[:8])) + (f", ... ({len(keys)} keys)" if len(keys) > 8 else "")
+        return f"top-level keys: {shown or 'none'}"
+    return f"a {type(obj).__name__}"
+
+
+def detect_format(obj: Any, source: str, video: bool | None = True) -> Format:
+    """The one registered :class:`Format` whose ``detect`` accepts ``obj`` (``video``: only video formats,
+    only image formats, or ``None`` for all); :class:`CheckpointError` naming the known formats and what the
+    file holds when none does, or the candidates when several do."""
+    formats = [f for f in FORMATS.values() if video is None or f.video == video]
+    hits = [f for f in formats if f.detect(obj)]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise CheckpointError(f"{source}: ambiguous checkpoint, it matches formats {', '.join(f.name for f in hits)}")
+    raise CheckpointError(f"{source}: not a checkpoint layout this library knows ({describe(obj)}); known formats: "
+                          f"{', '.join(f.name for f in formats)}")
+
+
+def tensor_dict(obj: Any, wrappers: Sequence[str] = ()) -> Mapping[str, Any] | None:
+    """The state dict inside a file's contents: ``obj`` itself, or ``obj[w]`` for the first wrapper key ``w``
+    present (``model_state``, ``state_dict``, ...); None when there is no mapping of names to tensors."""
+    if not isinstance(obj, Mapping):
+        return None
+    for key in wrappers:
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        return None
+    return obj
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one of our tensors is made from source tensors: ``copy``, ``qkv`` (concatenate the q, k, v rows) or
+    ``frame_conv`` (a ``Conv2d`` filter gets a temporal axis of size 1)."""
+
+    sources: tuple[str, ...]
+    op: str = "copy"
+
+    def source_shapes(self, target: tuple[int, ...]) -> list[tuple[int, ...]]:
+        if self.op == "qkv":
+            return [(target[0] // 3, *target[1:])] * 3
+        if self.op == "frame_conv":
+            return [target[:2] + target[3:]]
+        return [target]
+
+    def apply(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        if self.op == "qkv":
+            return torch.cat(tensors, dim=0)
+        if self.op == "frame_conv":
+            return tensors[0].unsqueeze(2)
+        return tensors[0]
+
+
+def vit_rules(fixed: Mapping[str, Rule], norm: str, head: str, layer: str, block: Mapping[str, str],
+              qkv: Sequence[str] | None = None) -> Callable[[str], Rule | None]:
+    """``rule_of`` for a ViT-like source layout: ``fixed`` targets as given; our ``norm.*`` / ``head.*`` from
+    ``{norm}.*`` / ``{head}.*``; our ``blocks.i.<m>.*`` from ``{layer.format(i)}.{block[m]}.*``; with ``qkv``
+    (three module names inside a layer), our fused ``attns.0.qkv`` from the separate q, k, v projections."""
+
+    def rule_of(target: str) -> Rule | None:
+        if target in fixed:
+            return fixed[target]
+        module, _, leaf = target.rpartition(".")
+        if module in ("norm", "head"):
+            return Rule((f"{norm if module == 'norm' else head}.{leaf}",))
+        m = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
+        if not m:
+            return None
+        prefix = layer.format(m.group(1))
+        if qkv is not None and m.group(2) == "attns.0.qkv":
+            return Rule(tuple(f"{prefix}.{name}.{leaf}" for name in qkv), "qkv")
+        return Rule((f"{prefix}.{block[m.group(2)]}.{leaf}",)) if m.group(2) in block else None
+
+    return rule_of
+
+
+def convert_by_rules(expected: Mapping[str, Shape], rule_of: Callable[[str], Rule | None],
+                     state_dict: Mapping[str, Any], source: str, origin: str = "the checkpoint") -> StateDict:
+    """Our state dict for the keys and shapes ``expected``, each target built by ``rule_of(target)``; every
+    source key must exist with the shape the target implies and be used once, else
+    :class:`CheckpointMismatchError` lists all that did not fit."""
+    rules = {}
+    for target in expected:
+        rule = rule_of(target)
+        if rule is None:
+            raise CheckpointError(f"{source}: no counterpart in {origin} for parameter {target!r}")
+        rules[target] = rule
+    missing, misshaped, out = [], {}, {}
+    for target, rule in rules.items():
+        absent = [k for k in rule.sources if k not in state_dict]
+        if absent:
+            missing += absent
+            continue
+        tensors = [state_dict[k] for k in rule.sources]
+        wrong = {k: (want, tuple(t.shape)) for k, t, want in
+                 zip(rule.sources, tensors, rule.source_shapes(tuple(expected[target]))) if tuple(t.shape) != want}
+        if wrong:
+            misshaped.update(wrong)
+            continue
+        out[target] = rule.apply(tensors)
+    used = {k for rule in rules.values() for k in rule.sources}
+    unexpected = [k for k in state_dict if k not in used]
+    if missing or unexpected or misshaped:
+        raise CheckpointMismatchError(source, missing, unexpected, misshaped)
+    return out
+
+
+def model_shapes(name: str, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of ``create_model(name, **config)``, built on the meta device (no memory, no init)."""
+    from ..models import create_model
+
+    with torch.device("meta"):
+        model = create_model(name, **config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def heads_of(dim: int, overrides: Mapping[str, Any], source: str) -> int:
+    """Attention heads of a checkpoint whose file does not record them: ``overrides["num_heads"]``, else the
+    ViT convention of 64-wide heads (ViT-B: 12, ViT-L: 16)."""
+    heads = overrides.get("num_heads", dim // 64 if dim % 64 == 0 else None)
+    if not heads:
+        raise CheckpointError(f"{source}: width {dim} is not a multiple of 64; pass num_heads=")
+    return int(heads)

@@ -1,8 +1,10 @@
 """Hugging Face ``TimesformerForVideoClassification`` / ``VivitForVideoClassification`` checkpoints -> videoformer.
 
-``load_pretrained(directory)`` reads ``config.json`` (the architecture) and ``model.safetensors`` or
-``pytorch_model.bin`` (sharded or not), converts the weights with the pure converters ``convert_timesformer`` /
-``convert_vivit`` and loads them strictly. The result computes, on a clip ``x`` of shape ``(B, C, T, H, W)``,
+The ``huggingface`` format of ``videoformer.load_pretrained(directory)`` reads ``config.json`` (the
+architecture), ``model.safetensors`` or ``pytorch_model.bin`` (sharded or not) and, when present,
+``preprocessor_config.json`` (mean / std, short side, crop), and converts the weights with the pure converters
+``convert_timesformer`` / ``convert_vivit``. TimeSformer resizes its positional and time embeddings by nearest
+neighbour at other input sizes, as Hugging Face (and the official code) do. The result computes, on a clip ``x`` of shape ``(B, C, T, H, W)``,
 the logits Hugging Face computes on ``x.permute(0, 2, 1, 3, 4)`` (for ``space_only``: the mean over frames of
 its per-frame logits).
 
@@ -17,14 +19,16 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
+from ..data.preprocessing import Preprocessing
 from ..models import TimeSformerConfig, ViViT, ViViTConfig, VideoModel, build_timesformer
-from .common import CheckpointError, CheckpointMismatchError, StateDict, load_checked, read_state_dict
+from .common import (CheckpointError, Converted, Directory, Format, Rule, StateDict, convert_by_rules,
+                     read_state_dict, register_format, vit_rules)
 
 SCHEMES = {"space_only": "space", "joint_space_time": "joint", "divided_space_time": "divided"}
 ACTIVATIONS = {"gelu": "gelu", "gelu_fast": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -53,29 +57,6 @@ _VIVIT_LAYOUTS = {
 }
 
 
-@dataclass(frozen=True)
-class Rule:
-    """How one of our tensors is made from Hugging Face tensors: ``copy``, ``qkv`` (concatenate the q, k, v
-    rows) or ``frame_conv`` (a ``Conv2d`` filter gets a temporal axis of size 1)."""
-
-    sources: tuple[str, ...]
-    op: str = "copy"
-
-    def source_shapes(self, target: tuple[int, ...]) -> list[tuple[int, ...]]:
-        if self.op == "qkv":
-            return [(target[0] // 3, *target[1:])] * 3
-        if self.op == "frame_conv":
-            return [target[:2] + target[3:]]
-        return [target]
-
-    def apply(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        if self.op == "qkv":
-            return torch.cat(tensors, dim=0)
-        if self.op == "frame_conv":
-            return tensors[0].unsqueeze(2)
-        return tensors[0]
-
-
 def build_model(config: TimeSformerConfig | ViViTConfig) -> VideoModel:
     """The videoformer model of a converted config (TimeSformer of any scheme, or ViViT)."""
     return ViViT(config) if isinstance(config, ViViTConfig) else build_timesformer(config)
@@ -85,39 +66,6 @@ def _expected_shapes(config: TimeSformerConfig | ViViTConfig) -> dict[str, tuple
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = build_model(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _convert(rules: Mapping[str, Rule], expected: Mapping[str, tuple[int, ...]], state_dict: Mapping[str, Any],
-             source: str) -> StateDict:
-    """Apply ``rules``; every source key must exist with the shape the target implies and be used once."""
-    missing, misshaped, out = [], {}, {}
-    for target, rule in rules.items():
-        absent = [k for k in rule.sources if k not in state_dict]
-        if absent:
-            missing += absent
-            continue
-        tensors = [state_dict[k] for k in rule.sources]
-        wrong = {k: (want, tuple(t.shape)) for k, t, want in
-                 zip(rule.sources, tensors, rule.source_shapes(expected[target])) if tuple(t.shape) != want}
-        if wrong:
-            misshaped.update(wrong)
-            continue
-        out[target] = rule.apply(tensors)
-    used = {k for rule in rules.values() for k in rule.sources}
-    unexpected = [k for k in state_dict if k not in used]
-    if missing or unexpected or misshaped:
-        raise CheckpointMismatchError(source, missing, unexpected, misshaped)
-    return out
-
-
-def _map_keys(expected: Mapping[str, tuple[int, ...]], name_of: Callable[[str], Rule | None], source: str) -> dict:
-    rules = {}
-    for target in expected:
-        rule = name_of(target)
-        if rule is None:
-            raise CheckpointError(f"{source}: no Hugging Face counterpart for parameter {target!r}")
-        rules[target] = rule
-    return rules
 
 
 def convert_timesformer(state_dict: Mapping[str, torch.Tensor], config: TimeSformerConfig,
@@ -137,19 +85,8 @@ def convert_timesformer(state_dict: Mapping[str, torch.Tensor], config: TimeSfor
         "pos_embed.time": Rule(("timesformer.embeddings.time_embeddings",)),
     }
 
-    def name_of(target: str) -> Rule | None:
-        if target in fixed:
-            return fixed[target]
-        module, _, leaf = target.rpartition(".")
-        if module in ("norm", "head"):
-            return Rule((f"{'timesformer.layernorm' if module == 'norm' else 'classifier'}.{leaf}",))
-        m = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
-        if m and m.group(2) in block:
-            return Rule((f"timesformer.encoder.layer.{m.group(1)}.{block[m.group(2)]}.{leaf}",))
-        return None
-
-    expected = _expected_shapes(config)
-    return _convert(_map_keys(expected, name_of, source), expected, state_dict, source)
+    name_of = vit_rules(fixed, "timesformer.layernorm", "classifier", "timesformer.encoder.layer.{}", block)
+    return convert_by_rules(_expected_shapes(config), name_of, state_dict, source, "Hugging Face TimeSformer")
 
 
 def convert_vivit(state_dict: Mapping[str, torch.Tensor], config: ViViTConfig, source: str = "state dict") -> StateDict:
@@ -166,23 +103,9 @@ def convert_vivit(state_dict: Mapping[str, torch.Tensor], config: ViViTConfig, s
     }
     block = {"norms.0": "layernorm_before", "attns.0.proj": names["o"], "norm_mlp": "layernorm_after",
              "mlp.fc1": names["fc1"], "mlp.fc2": names["fc2"]}
-
-    def name_of(target: str) -> Rule | None:
-        if target in fixed:
-            return fixed[target]
-        module, _, leaf = target.rpartition(".")
-        if module in ("norm", "head"):
-            return Rule((f"{'vivit.layernorm' if module == 'norm' else 'classifier'}.{leaf}",))
-        m = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
-        if not m:
-            return None
-        layer = f"{names['layer']}.{m.group(1)}"
-        if m.group(2) == "attns.0.qkv":
-            return Rule(tuple(f"{layer}.{names[p]}.{leaf}" for p in "qkv"), "qkv")
-        return Rule((f"{layer}.{block[m.group(2)]}.{leaf}",)) if m.group(2) in block else None
-
-    expected = _expected_shapes(config)
-    return _convert(_map_keys(expected, name_of, source), expected, state_dict, source)
+    name_of = vit_rules(fixed, "vivit.layernorm", "classifier", names["layer"] + ".{}", block,
+                        [names[p] for p in "qkv"])
+    return convert_by_rules(_expected_shapes(config), name_of, state_dict, source, "Hugging Face ViViT")
 
 
 def _square(value: Any, what: str, source: str) -> int:
@@ -239,7 +162,7 @@ def _config(hf: Mapping[str, Any], arch: str, source: str) -> TimeSformerConfig 
     if scheme not in SCHEMES:
         raise CheckpointError(f"{source}: attention_type={scheme!r} is not one of {sorted(SCHEMES)}")
     return TimeSformerConfig(**common, scheme=SCHEMES[scheme], drop_path_rate=hf.get("drop_path_rate", 0.0),
-                             patch_size=_square(hf["patch_size"], "patch_size", source))
+                             patch_size=_square(hf["patch_size"], "patch_size", source), pos_resize="nearest")
 
 
 def _read_weights(directory: Path) -> tuple[StateDict, str]:
@@ -260,19 +183,51 @@ def _read_weights(directory: Path) -> tuple[StateDict, str]:
     return state, str(path)
 
 
-def load_pretrained(path: str | Path) -> VideoModel:
-    """The videoformer model of a local Hugging Face TimeSformer / ViViT video-classification checkpoint
-    directory, with its weights, in eval mode (as ``from_pretrained`` returns it)."""
-    directory = Path(path)
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{directory} is not a Hugging Face checkpoint directory (no config.json)")
-    try:
-        hf = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_path}: invalid JSON: {err}") from err
-    config = config_from_hf(hf, str(config_path))
-    state_dict, source = _read_weights(directory)
+def preprocessing_from_hf(values: Mapping[str, Any], config: TimeSformerConfig | ViViTConfig,
+                          source: str) -> Preprocessing:
+    """Our :class:`Preprocessing` of a ``preprocessor_config.json`` (``VideoMAEImageProcessor`` /
+    ``VivitImageProcessor``): pixels ``x`` in [0, 255] become ``(x * rescale_factor + offset - mean) / std``
+    (``offset``: -1 when ``"offset": true``), i.e. mean ``(mean - offset) / s`` and std ``std / s`` on [0, 1]
+    pixels with ``s = 255 * rescale_factor``; the short side is ``size.shortest_edge``, the crop ``crop_size``."""
+    scale = 255.0 * float(values.get("rescale_factor", 1 / 255)) if values.get("do_rescale", True) else 255.0
+    offset = -1.0 if values.get("offset", False) else 0.0
+    mean, std = ((values.get("image_mean", [0.0] * 3), values.get("image_std", [1.0] * 3))
+                 if values.get("do_normalize", True) else ([0.0] * 3, [1.0] * 3))
+    if len(mean) != 3 or len(std) != 3:
+        raise CheckpointError(f"{source}: image_mean / image_std need 3 values, got {mean}, {std}")
+    crop = values.get("crop_size") or {}
+    crop = crop.get("height", config.img_size) if isinstance(crop, Mapping) else crop
+    size = values.get("size") or {}
+    short = size.get("shortest_edge") if isinstance(size, Mapping) else size
+    return Preprocessing(mean=tuple((m - offset) / scale for m in mean), std=tuple(s / scale for s in std),
+                         img_size=int(crop), resize=int(short) if short else None, num_frames=config.num_frames,
+                         stride=2 if isinstance(config, ViViTConfig) else 4)
+
+
+def _is_hf(obj: Any) -> bool:
+    """A ``transformers`` TimeSformer / ViViT directory (an image ViT's is for ``init_from_image``)."""
+    return (isinstance(obj, Directory) and obj.config is not None and "videoformer" not in obj.config
+            and obj.config.get("model_type") in ("timesformer", "vivit"))
+
+
+def _convert_hf(obj: Directory, source: str, model: str | None, overrides: dict[str, Any]) -> Converted:
+    config = config_from_hf(obj.config, str(obj.path / "config.json"))
+    state_dict, weights = _read_weights(obj.path)
     convert = convert_vivit if isinstance(config, ViViTConfig) else convert_timesformer
-    converted = convert(state_dict, config, source)
-    return load_checked(build_model(config), converted, source).eval()
+    converted = convert(state_dict, config, weights)
+    name = model or ("vivit_b16x2_joint" if isinstance(config, ViViTConfig) else f"timesformer_b16_{config.scheme}")
+    pre_path = obj.path / "preprocessor_config.json"
+    preprocessing = None
+    if pre_path.is_file():
+        try:
+            preprocessing = preprocessing_from_hf(json.loads(pre_path.read_text()), config, str(pre_path))
+        except (json.JSONDecodeError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{pre_path}: not a preprocessor config: {err}") from err
+    labels = obj.config.get("id2label") or {}
+    classes = [str(labels[k]) for k in sorted(labels, key=int)] if len(labels) == config.num_classes else None
+    if classes and all(re.fullmatch(r"LABEL_\d+", c) for c in classes):  # transformers' placeholder names
+        classes = None
+    return Converted(name, dataclasses.asdict(config), converted, weights, preprocessing, classes)
+
+
+HF = register_format(Format("huggingface", _is_hf, _convert_hf))

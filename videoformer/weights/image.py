@@ -28,12 +28,10 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from .common import CheckpointError, CheckpointMismatchError, StateDict, check_state_dict, read_state_dict
+from .common import CheckpointError, CheckpointMismatchError, StateDict, check_state_dict, read_state_dict, sniff
 
 PathLike = str | Path
 Renames = list[tuple[str, str]]
-
-_TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 
 # Hugging Face ViT: the file layout (``encoder.layer``) and transformers >= 5 in-memory names (``layers``).
 _HF_RENAMES: Renames = [
@@ -270,30 +268,48 @@ def _read_hf_dir(path: Path) -> StateDict:
     raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin next to config.json")
 
 
-def read_image_vit(source: PathLike | Mapping[str, torch.Tensor]) -> StateDict:
-    """Canonical state dict of an image ViT from a path (format detected from it) or an in-memory state dict.
+def _refuse_video(obj: object, name: str) -> None:
+    """A video checkpoint is never read as an image ViT (its time embedding, temporal sublayers and head would be
+    dropped silently): :class:`CheckpointError` naming the video format, or the training-checkpoint wrapper."""
+    from .common import detect_format
 
-    A directory with config.json is a Hugging Face checkpoint; ``.npz`` is JAX / big_vision (read with
-    ``allow_pickle=False``); ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` hold timm-, Hugging Face- or
-    canonical-layout tensors (torch files read with ``weights_only=True``).
+    try:
+        fmt = detect_format(obj, name)
+    except CheckpointError:
+        fmt = None
+    if fmt is not None:
+        raise CheckpointError(f"{name} is a video checkpoint ({fmt.name} format), not an image ViT: load it with "
+                              "videoformer.load_pretrained (or model.pretrained, which fine-tunes it)")
+    wrappers = sorted({"model_state", "state_dict", "cfg", "optimizer", "optimizer_state", "config"} & set(obj)
+                      if isinstance(obj, Mapping) else set())
+    if wrappers:
+        raise CheckpointError(f"{name} is a training checkpoint (entries {wrappers}), not an image ViT state dict")
+
+
+def read_image_vit(source: PathLike | Mapping[str, torch.Tensor]) -> StateDict:
+    """Canonical state dict of an image ViT from a path (format detected from the contents) or an in-memory
+    state dict.
+
+    A directory with config.json is a Hugging Face checkpoint; a file is read with the library's pickle-free
+    reader (:func:`read_file`, any suffix): JAX / big_vision ``.npz`` arrays, or timm-, Hugging Face- or
+    canonical-layout tensors (safetensors or torch). A video checkpoint is refused (``load_pretrained``).
     """
+    from .pretrained import read_source
+
     if isinstance(source, Mapping):
         return to_canonical(source)
     path = Path(source)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: a directory checkpoint needs config.json (Hugging Face layout)")
+    if path.is_file() and sniff(path) == "unknown":
+        raise CheckpointError(f"{path}: unknown image checkpoint format (expected a Hugging Face directory, or a "
+                              "JAX .npz, safetensors or torch file, recognised from its contents)")
+    obj, name = read_source(path)
+    _refuse_video(obj, name)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"{path}: a directory checkpoint needs config.json (Hugging Face layout)")
         return check_canonical(_read_hf_dir(path), str(path))
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except (ValueError, OSError) as err:
-            raise CheckpointError(f"cannot read {path} as a JAX ViT .npz: {err}") from err
-        return check_canonical(from_jax_vit(arrays, str(path)), str(path))
-    if path.suffix in (".safetensors", *_TORCH_SUFFIXES):
-        return to_canonical(read_state_dict(path), str(path))
-    raise CheckpointError(f"{path}: unknown image checkpoint format (expected a Hugging Face directory, .npz, "
-                          f".safetensors, {', '.join(_TORCH_SUFFIXES)})")
+    if sniff(path) == "npz":
+        return check_canonical(from_jax_vit({k: v.numpy() for k, v in obj.items()}, str(path)), str(path))
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: not an image ViT state dict (a mapping of names to tensors)")
+    return to_canonical(obj, str(path))
