@@ -254,7 +254,7 @@ class Trainer:
         try:
             ckpt = load_checkpoint(path)
         except NonFiniteWeightsError as err:  # never "diverged": the file is bad, not the learning rate
-            raise NonFiniteWeightsError(err.source, err.names, err.counts, f"cannot resume from it: move it away to "
+            raise NonFiniteWeightsError(err.source, err.names, err.counts, "cannot resume from it: move it away to "
                                         "restart the run from its beginning (or set another output_dir)") from None
         saved, now = ({k: v for k, v in c["model"].items() if k != "pretrained"}
                       for c in (ckpt["config"], self.cfg.to_dict()))

@@ -18,13 +18,10 @@ Boundary frames (``boundary``):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from einops import rearrange
-
-from .grid import FrameGrid
 
 Boundary = Literal["zero", "circular"]
 BOUNDARIES: tuple[str, ...] = ("zero", "circular")
