@@ -8,3 +8,7 @@ __all__ = [
     "CheckpointError", "CheckpointMismatchError", "config_from_hf", "convert_timesformer", "convert_vivit",
     "inflate_tubelet", "init_from_image", "load_pretrained", "read_image_vit", "read_state_dict",
 ]
+from .mvit import load_mvit  # noqa: E402  (registers the PySlowFast / torchvision MViT formats)
+from .scenic import load_scenic_vivit  # noqa: E402  (registers the Scenic ViViT format)
+
+__all__ += ["load_mvit", "load_scenic_vivit"]
