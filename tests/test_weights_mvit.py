@@ -161,6 +161,8 @@ def test_released_configs_are_the_registered_models():
     assert (pre.mean, pre.std, pre.resize, pre.stride) == ((0.45,) * 3, (0.225,) * 3, 256, 4)
     _, pre = config_from_cfg(yaml.safe_load(slowfast_cfg(B16X4, k400, 400, spatial_crops=3)), "cfg")
     assert pre.resize == 224  # three-crop testing scales the short side to the crop
+    _, pre = config_from_cfg(yaml.safe_load(slowfast_cfg(*cases[2][:3])), "cfg")
+    assert (pre.mean, pre.resize, pre.num_frames, pre.stride) == ((0.485, 0.456, 0.406), 256, 1, 1)  # ImageNet
 
 
 def test_load_into_a_given_model_checks_the_conventions(tmp_path):
@@ -205,6 +207,10 @@ def test_unsupported_mvits_are_named(tmp_path):
     v2 = dict(sd, **{"blocks.0.attn.rel_pos_h": torch.zeros(3, 16)})
     with pytest.raises(CheckpointError, match="MViT v2 checkpoint"):
         convert_mvit_checkpoint({"model_state": v2}, "x.pyth")
+    partial = {k: v for k, v in sd.items() if not k.startswith("blocks.2.mlp.")}
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys \(2\): blocks\.2\.mlp\.fc1\.weight, "
+                                                      r"blocks\.2\.mlp\.fc2\.weight"):
+        convert_mvit_checkpoint({"model_state": partial}, "x.pyth")
     with pytest.raises(CheckpointError, match="no conv-pooling weights to read the heads from"):
         convert_mvit_checkpoint(to_pyslowfast(tiny(pool_mode="max").state_dict(), True), "x.pyth")
 

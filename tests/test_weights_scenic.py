@@ -145,6 +145,8 @@ def scenic_params(model: int, classifier: str = "token", tubelet: int = TUBELET,
 def train_state(params: dict, era: str) -> dict:
     """How Scenic's ``save_checkpoint`` wraps the parameters: flax.optim (released files) or optax."""
     momentum = {k: v for k, v in params.items() if k == "embedding"}
+    if era == "target.params":  # flax.optim states whose target nests the parameters once more
+        return {"optimizer": {"target": {"params": params}, "state": {"step": np.int64(1)}}, "model_state": {}}
     if era == "released":
         return {"global_step": np.int64(30000), "accum_train_time": np.float64(1.5), "model_state": {},
                 "rng": np.array([0, 42], dtype=np.uint32),
@@ -269,7 +271,7 @@ def scenic_forward(tree: dict, video: torch.Tensor, model: int, order=("time", "
 
 CASES = [  # (ViViT model, classifier, tubelet t, temporal depth, train-state era)
     (1, "token", 2, 0, "released"), (1, "gap", 1, 0, "optax"), (2, "token", 2, 2, "released"),
-    (2, "gap", 2, 1, "optax"), (2, "token", 2, 0, "released"), (3, "gap", 2, 0, "released"),
+    (2, "gap", 2, 1, "optax"), (2, "token", 2, 0, "target.params"), (3, "gap", 2, 0, "released"),
     (4, "gap", 2, 0, "optax"),
 ]
 IDS = [f"model{m}-{c}-t{t}-lt{lt}-{era}" for m, c, t, lt, era in CASES]

@@ -1,4 +1,5 @@
-"""Weights from local files only: Hugging Face video checkpoints, image-ViT initialisation (ViViT §3.4)."""
+"""Weights from local files only: Hugging Face video checkpoints, Scenic ViViT (flax msgpack), PySlowFast / torchvision
+MViT, image-ViT initialisation (ViViT §3.4)."""
 from .common import CheckpointError, CheckpointMismatchError, read_state_dict
 from .hf import config_from_hf, convert_timesformer, convert_vivit, load_pretrained
 from .image import read_image_vit

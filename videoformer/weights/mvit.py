@@ -47,8 +47,8 @@ import yaml
 from ..data.preprocessing import Preprocessing
 from ..layers.pooling import POOL_MODES, default_kernel
 from ..models.mvit import MViT
-from .common import (CheckpointError, Converted, Format, StateDict, build_converted, load_checked, read_file,
-                     register_format)
+from .common import (CheckpointError, CheckpointMismatchError, Converted, Format, StateDict, build_converted,
+                     load_checked, read_file, register_format)
 
 LAYOUTS = ("pyslowfast", "torchvision")
 KINETICS = dict(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225))  # PySlowFast's DATA.MEAN / STD, torchvision's
@@ -251,10 +251,11 @@ def config_from_cfg(cfg: Mapping[str, Any], source: str) -> tuple[dict[str, Any]
                   mlp_ratio=float(mv["MLP_RATIO"]), qkv_bias=bool(mv["QKV_BIAS"]), num_frames=num_frames,
                   img_size=data["TRAIN_CROP_SIZE"], num_classes=section["MODEL"]["NUM_CLASSES"],
                   in_chans=data["INPUT_CHANNEL_NUM"][0])
-    crop = data["TEST_CROP_SIZE"]
-    preprocessing = Preprocessing(mean=tuple(data["MEAN"]), std=tuple(data["STD"]), img_size=crop,
-                                  resize=data["TRAIN_JITTER_SCALES"][0] if test["NUM_SPATIAL_CROPS"] == 1 else crop,
-                                  num_frames=num_frames, stride=data["SAMPLING_RATE"])
+    crop = data["TEST_CROP_SIZE"]  # short side: ImageNet 256/224 of the crop; Kinetics one-crop testing
+    short = (int(256 / 224 * crop) if image else  # TRAIN_JITTER_SCALES[0], three-crop testing the crop itself
+             data["TRAIN_JITTER_SCALES"][0] if test["NUM_SPATIAL_CROPS"] == 1 else crop)
+    preprocessing = Preprocessing(mean=tuple(data["MEAN"]), std=tuple(data["STD"]), img_size=crop, resize=short,
+                                  num_frames=num_frames, stride=1 if image else data["SAMPLING_RATE"])
     return config, preprocessing
 
 
@@ -268,8 +269,13 @@ def config_from_weights(state: Mapping[str, torch.Tensor], source: str,
     if w is None or w.ndim != 5 or not depth:
         raise CheckpointError(f"{source}: no MViT patch embedding (D, C, t, h, w) and blocks.*.norm1 to read the "
                               "architecture from")
-    block = [{n: state.get(f"blocks.{i}.{n}") for n in ("norm1.weight", "mlp.fc2.weight", "attn.pool_q.pool.weight",
-                                                        "attn.pool_k.pool.weight")} for i in range(depth)]
+    block = [{n: state.get(f"blocks.{i}.{n}") for n in ("norm1.weight", "mlp.fc1.weight", "mlp.fc2.weight",
+                                                        "attn.pool_q.pool.weight", "attn.pool_k.pool.weight")}
+             for i in range(depth)]
+    missing = [f"blocks.{i}.{n}" for i, b in enumerate(block) for n in ("norm1.weight", "mlp.fc1.weight",
+                                                                        "mlp.fc2.weight") if b[n] is None]
+    if missing:
+        raise CheckpointMismatchError(source, missing=missing)
     stage_depths, count = [], 0
     for i, b in enumerate(block):
         count += 1
@@ -290,7 +296,7 @@ def config_from_weights(state: Mapping[str, torch.Tensor], source: str,
     config: dict[str, Any] = dict(dim=widths[0], num_heads=heads[0], stage_depths=tuple(stage_depths), depth=depth,
                                   dim_mul=_ratio(widths, "widths", source), head_mul=_ratio(heads, "heads", source),
                                   in_chans=w.shape[1], cube_kernel=tuple(w.shape[2:]), cube_stride_t=1 if image else 2,
-                                  mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / widths[0],
+                                  mlp_ratio=block[0]["mlp.fc1.weight"].shape[0] / widths[0],
                                   qkv_bias="blocks.0.attn.qkv.bias" in state, pool_mode="conv",
                                   num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0)
     kv = [tuple(b["attn.pool_k.pool.weight"].shape[2:]) for b in block if b["attn.pool_k.pool.weight"] is not None]

@@ -48,11 +48,11 @@ _BLOCK = "encoderblock_(\\d+)/"
 
 
 def scenic_params(obj: Any) -> Mapping[str, Any] | None:
-    """The parameter tree of a Scenic checkpoint (``optimizer.target``, ``params``, or the tree itself), or
-    None when ``obj`` is not one."""
+    """The parameter tree of a Scenic checkpoint (``optimizer.target``, its older ``optimizer.target.params``,
+    ``params``, or the tree itself), or None when ``obj`` is not one."""
     if not isinstance(obj, Mapping):
         return None
-    for path in (("optimizer", "target"), ("params",), ()):
+    for path in (("optimizer", "target"), ("optimizer", "target", "params"), ("params",), ()):
         tree: Any = obj
         for key in path:
             tree = tree.get(key) if isinstance(tree, Mapping) else None
