@@ -107,9 +107,12 @@ def write(tmp_path, model, layout: str, with_cfg: bool):
         torch.save(to_torchvision(sd), path)
         return path
     state = to_pyslowfast(sd, fused=layout == "pyslowfast")
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))])
-    opt.step()  # slowfast/utils/checkpoint.py save_checkpoint: epoch, model_state, optimizer_state, cfg
-    ckpt = {"epoch": 200, "model_state": state, "optimizer_state": opt.state_dict()}
+    # slowfast/utils/checkpoint.py save_checkpoint: epoch, model_state, optimizer_state (an AdamW state dict), cfg
+    adamw = {"state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.zeros(3), "exp_avg_sq": torch.zeros(3)}},
+             "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.05,
+                               "amsgrad": False, "foreach": None, "maximize": False, "capturable": False,
+                               "differentiable": False, "fused": None, "params": [0]}]}
+    ckpt = {"epoch": 200, "model_state": state, "optimizer_state": adamw}
     if with_cfg:
         mvit = dict(TINY, **({"SEPARATE_QKV": False} if layout == "pyslowfast" else {}))  # a key the 2021 code lacks
         ckpt["cfg"] = slowfast_cfg(mvit, TINY_DATA, 10)
