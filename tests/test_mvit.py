@@ -1,7 +1,5 @@
 """MViT v1: the pooling operator and pooling attention by definition, the multiscale model on the tiny config,
 the paper's parameter / GMAC tables on the meta device, and the frame-shuffle helper (Table 9)."""
-import re
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,8 +11,6 @@ from videoformer.analysis.shuffle import shuffle_frames
 from videoformer.layers import Grid, fused_attention
 from videoformer.layers.pooling import Pool, PoolingAttention, default_kernel, make_pool
 from videoformer.models import MViTConfig, create_model, model_config
-from videoformer.weights.common import CheckpointError, CheckpointMismatchError
-from videoformer.weights.mvit import detect_layout, load_mvit
 
 MODES = ("max", "avg", "conv")
 
@@ -29,10 +25,12 @@ def tokens(grid: Grid, b=2, c=8):
 
 # ---------------------------------------------------------------- paper tables (meta device, count_macs)
 
-# (name, overrides, params in M, GMACs): MViT Tables 3, 4, 5, 15, 16, 17.
+# (name, overrides, params in M, GMACs): MViT Tables 3, 4, 5, 15, 16, 17. mvit_b_16x4 is the released model
+# (3×3×3 pooling kernels, Table 15's last row); pool_kernel=None is Table 15's k = s + 1 rows (conv, max).
 TABLE = [
     ("mvit_b_16x4", {}, 36.6, 70.5),
-    ("mvit_b_16x4", {"pool_mode": "max"}, 36.5, 70.5),
+    ("mvit_b_16x4", {"pool_kernel": None}, 36.6, 70.5),
+    ("mvit_b_16x4", {"pool_mode": "max", "pool_kernel": None}, 36.5, 70.5),
     ("mvit_b_32x3", {}, 36.6, 170.0),
     ("mvit_b_64x3", {}, 36.6, 455.0),
     ("mvit_s", {}, 26.1, 32.9),
@@ -42,6 +40,23 @@ TABLE = [
     ("vit_b16_joint_baseline", {}, 87.2, 179.6),
 ]
 IDS = [f"{n}-{'-'.join(map(str, o.values())) or 'default'}" for n, o, *_ in TABLE]
+
+
+def test_mvit_b_16x4_is_the_released_model():
+    """36,610,672 parameters and 70.599 GMACs: torchvision's ``mvit_v1_b`` metadata for the ported K400 weights
+    (num_params, _ops) and PySlowFast's MVIT_B_16x4_CONV (3×3×3 kernels on every Q and K/V pool, stage 4's
+    stride-1 K/V pools included); the paper's tables round them to 36.6M / 70.5 GFLOPs."""
+    report = count_model("mvit_b_16x4")
+    assert report.params == 36_610_672
+    assert report.gmacs == pytest.approx(70.599, abs=0.001)
+    cfg = model_config("mvit_b_16x4")
+    with torch.device("meta"):
+        model = create_model("mvit_b_16x4")
+    pools = [(b.attn.pool_q, b.attn.pool_k) for b in model.blocks]
+    assert all(k is not None and k.kernel == (3, 3, 3) and k.norm is not None for _, k in pools)  # stage 4 too
+    assert [i for i, (q, _) in enumerate(pools) if q is not None] == [1, 3, 14]  # Q pools at the stage starts
+    assert all(q.kernel == (3, 3, 3) and q.stride == (1, 2, 2) for q, _ in pools if q is not None)
+    assert cfg.pool_kernel == (3, 3, 3) and pools[-1][1].stride == (1, 1, 1)
 
 
 @pytest.mark.parametrize("name, overrides, params, _", TABLE, ids=IDS)
@@ -64,7 +79,7 @@ def test_gmacs_match_the_paper(name, overrides, _, gmacs):
 
 @pytest.mark.parametrize("pos_embed, params", [("none", 36.2), ("space", 36.5), ("joint", 38.6), ("separable", 36.5)])
 def test_table11_positional_embeddings(pos_embed, params):
-    report = count_model("mvit_b_16x4", pool_mode="max", pos_embed=pos_embed)
+    report = count_model("mvit_b_16x4", pool_mode="max", pool_kernel=None, pos_embed=pos_embed)  # ablation setting
     assert report.params / 1e6 == pytest.approx(params, rel=0.005)
     assert report.gmacs == pytest.approx(70.5, rel=0.02)  # the same for every variant
 
@@ -120,8 +135,14 @@ def test_pool_geometry():
     grid = Grid(t=2, h=6, w=6, prefix=1)
     y, new = Pool("max", 8, (1, 1, 1), kernel=(3, 3, 3))(tokens(grid), grid)
     assert new == grid and y.shape[1] == 1 + 72
-    with pytest.raises(ValueError, match="does not divide the token grid"):
-        Pool("max", 8, (1, 4, 4))(tokens(grid), grid)
+    # a stride that does not divide the grid floors it, ⌊(L + 2p − k)/s⌋ + 1, as the official pooling does
+    y, new = Pool("max", 8, (1, 4, 4))(tokens(grid), grid)  # kernel 1×5×5, padding 0×2×2: 6 -> 2
+    body = rearrange(tokens(grid)[:, 1:], "b (t h w) c -> b c t h w", t=2, h=6, w=6)
+    assert new == Grid(t=2, h=2, w=2, prefix=1) and y.shape[1] == 1 + 8
+    assert F.max_pool3d(body, (1, 5, 5), (1, 4, 4), (0, 2, 2)).shape[2:] == (2, 2, 2)
+    single = Grid(t=2, h=1, w=1, prefix=1)
+    with pytest.raises(ValueError, match=r"token grid T×H×W = 2×1×1 is too small for pooling kernel 1×2×2"):
+        Pool("max", 8, (1, 2, 2), kernel=(1, 2, 2))(tokens(single), single)
     with pytest.raises(ValueError, match="cannot preserve shape"):
         Pool("max", 8, (1, 1, 1), kernel=(2, 3, 3))
     with pytest.raises(ValueError, match="pooling mode"):
@@ -258,8 +279,6 @@ def test_bad_input_is_a_clear_error():
         model(clip(t=5))
     with pytest.raises(ValueError, match="not divisible by the cube stride"):
         model(clip(s=34))
-    with pytest.raises(ValueError, match=r"pooling stride 1×4×4 does not divide the token grid T×H×W = 2×10×10"):
-        model(clip(s=40))
     with pytest.raises(ValueError, match="pool_mode"):
         MViTConfig(pool_mode="median")
     with pytest.raises(ValueError, match="pos_embed"):
@@ -268,10 +287,33 @@ def test_bad_input_is_a_clear_error():
         MViTConfig(depth=12)
     with pytest.raises(ValueError, match="num_frames=15"):
         MViTConfig(num_frames=15)
-    with pytest.raises(ValueError, match=r"stage 1: K/V pooling stride 1×8×8 does not divide .* 8×50×50"):
-        MViTConfig(img_size=200)  # caught when the config is built, before any clip
-    with pytest.raises(ValueError, match=r"stage 4: Q pooling stride 1×2×2 does not divide .* 8×5×5"):
-        MViTConfig(img_size=80, kv_stride=(1, 4, 4))  # 20 → 10 → 5 tokens a side: stage 4 cannot halve 5
+    with pytest.raises(ValueError, match=r"stage 1: K/V pooling: .*too small for pooling kernel 1×2×2"):
+        MViTConfig(img_size=16, patch_size=16, cube_kernel=(3, 17, 17), pool_kernel=(1, 2, 2), kv_stride=(1, 2, 2))
+
+
+@pytest.mark.parametrize("size", [112, 144, 200])
+def test_grids_the_strides_do_not_divide_are_floored(size):
+    """MViT-B at 112² (28² tokens), 144² (36²) or 200² (50²): the 1×8×8 K/V stride and the stage-4 halving do
+    not divide the grid; every pooling floors it, as PySlowFast's and torchvision's Conv3d / MaxPool3d do."""
+    with torch.device("meta"):
+        model = create_model("mvit_b_16x4", img_size=size)
+        x = torch.empty(1, 3, 16, size, size)
+        grids = []
+        for block in model.blocks:
+            block.register_forward_hook(lambda m, i, o: grids.append(o[1]))
+        assert model(x).shape == (1, 400)
+    n = size // 4
+    for block, grid in zip(model.blocks, grids):
+        q = block.attn.pool_q
+        if q is not None:  # the query pool (3×3×3) and the residual's max pool (1×3×3) floor alike
+            before = Grid(t=8, h=n, w=n)
+            n = (n + 2 * q.padding[1] - q.kernel[1]) // q.stride[1] + 1
+            assert block.pool_skip.out_grid(before) == q.out_grid(before)
+        assert (grid.t, grid.h, grid.w) == (8, n, n)
+    kv = model.blocks[0].attn.pool_k  # stage 1: kernel 3, stride 8, padding 1
+    assert kv.out_grid(Grid(t=8, h=size // 4, w=size // 4)).h == (size // 4 + 2 - 3) // 8 + 1
+    assert [g.h for g in grids][-1] == {112: 4, 144: 5, 200: 7}[size]
+
 
 
 # ---------------------------------------------------------------- frame shuffle (Table 9)
@@ -290,66 +332,6 @@ def test_shuffle_frames_permutes_time_per_clip():
     torch.testing.assert_close(shuffle_frames(x, torch.Generator().manual_seed(0)), y)  # reproducible
     with pytest.raises(ValueError, match=r"\(B, C, T, H, W\)"):
         shuffle_frames(torch.randn(2, 3, 4, 4))
-
-
-# ---------------------------------------------------------------- PySlowFast / torchvision checkpoints
-
-def to_torchvision(sd):
-    """Our state dict written in torchvision's ``mvit_v1_b`` key layout (as the test's own, independent map)."""
-    out = {"conv_proj.weight": sd["patch_embed.proj.weight"], "conv_proj.bias": sd["patch_embed.proj.bias"],
-           "pos_encoding.class_token": sd["cls_token"].reshape(-1),
-           "pos_encoding.class_pos": sd["pos_embed.space"][0, 0],
-           "pos_encoding.spatial_pos": sd["pos_embed.space"][0, 1:],
-           "pos_encoding.temporal_pos": sd["pos_embed.time"][0]}
-    names = {"attn.proj": "attn.project.0", "mlp.fc1": "mlp.0", "mlp.fc2": "mlp.3", "proj": "project"}
-    for key, value in sd.items():
-        block = re.match(r"^(blocks\.\d+)\.(.+)\.(weight|bias)$", key)
-        if block and block.group(2) in names:
-            out[f"{block.group(1)}.{names[block.group(2)]}.{block.group(3)}"] = value
-        elif key.startswith(("blocks.", "norm.")):
-            out[key] = value
-    out["head.1.weight"], out["head.1.bias"] = sd["head.weight"], sd["head.bias"]
-    return out
-
-
-def to_pyslowfast(sd):
-    """Our state dict in PySlowFast's MViT v1 layout: separate q / k / v, ``pool_q`` + ``norm_q``, split pos."""
-    out = {"pos_embed_class": sd["pos_embed.space"][:, :1], "pos_embed_spatial": sd["pos_embed.space"][:, 1:],
-           "pos_embed_temporal": sd["pos_embed.time"], "head.projection.weight": sd["head.weight"],
-           "head.projection.bias": sd["head.bias"]}
-    for key, value in sd.items():
-        if ".attn.qkv." in key:
-            for name, part in zip("qkv", value.chunk(3)):
-                out[key.replace(".qkv.", f".{name}.")] = part
-        elif m := re.match(r"^(blocks\.\d+\.attn)\.pool_([qkv])\.pool\.weight$", key):
-            out[f"{m[1]}.pool_{m[2]}.weight"] = value
-        elif m := re.match(r"^(blocks\.\d+\.attn)\.pool_([qkv])\.norm\.(weight|bias)$", key):
-            out[f"{m[1]}.norm_{m[2]}.{m[3]}"] = value
-        elif not key.startswith(("pos_embed.", "head.")):
-            out[key] = value
-    return out
-
-
-@pytest.mark.parametrize("layout", ["torchvision", "pyslowfast"])
-def test_mvit_checkpoints_load_exactly(layout, tmp_path):
-    source = create_model("mvit_tiny", pool_kernel=(3, 3, 3)).eval()  # the released configs' 3×3×3 kernels
-    foreign = (to_torchvision if layout == "torchvision" else to_pyslowfast)(source.state_dict())
-    assert detect_layout(foreign) == layout
-    path = tmp_path / "mvit.pyth"
-    torch.save({"model_state": foreign, "epoch": 3} if layout == "pyslowfast" else foreign, path)
-    target = load_mvit(path, create_model("mvit_tiny", pool_kernel=(3, 3, 3))).eval()
-    x = clip()
-    torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
-
-
-def test_mvit_checkpoint_mismatch_lists_the_keys():
-    foreign = to_torchvision(create_model("mvit_tiny", pool_kernel=(3, 3, 3)).state_dict())
-    other = create_model("mvit_tiny", pool_kernel=(3, 3, 3), stage_depths=(2, 1, 2))  # block 1 still in stage 1
-    with pytest.raises(CheckpointMismatchError, match=r"blocks\.1\.attn\.qkv\.weight: expected shape \(48, 16\), "
-                                                      r"got \(96, 32\)"):
-        load_mvit(foreign, other)
-    with pytest.raises(CheckpointError, match="not an MViT checkpoint"):
-        load_mvit({"encoder.weight": torch.zeros(1)}, create_model("mvit_tiny"))
 
 
 def test_shuffle_separates_order_aware_models_from_bags_of_frames():

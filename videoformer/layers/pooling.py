@@ -1,7 +1,8 @@
 """Multi Head Pooling Attention (MViT §3.1): Q, K and V pooled over ``(t, h, w)`` before the product.
 
 ``PA(·) = Softmax(P(Q; Θ_Q) P(K; Θ_K)ᵀ / √d) P(V; Θ_V)``, where the pooling operator ``P(·; k, s, p)`` reduces
-an ``L = T×H×W`` grid to ``L̃ = ⌊(L + 2p − k)/s⌋ + 1`` coordinate-wise (MViT §3.1). The grid size travels
+an ``L = T×H×W`` grid to ``L̃ = ⌊(L + 2p − k)/s⌋ + 1`` coordinate-wise (MViT §3.1; floored where the stride
+does not divide the grid, e.g. MViT-B at 112² or 144², as the official code). The grid size travels
 with the tokens: ``forward(x, grid) -> x, grid`` returns the pooled grid. Prefix (CLS) tokens are never pooled.
 """
 from __future__ import annotations
@@ -33,6 +34,16 @@ def same_padding(kernel: Sequence[int], stride: Sequence[int]) -> Triple:
             raise ValueError(f"kernel {tuple(kernel)} with stride {tuple(stride)} cannot preserve shape "
                              f"(needs k − s <= 2·((k − 1) // 2): an even kernel needs a stride > 1 on its axis)")
     return padding  # type: ignore[return-value]
+
+
+def pooled_sizes(sizes: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+                 padding: Sequence[int]) -> Triple:
+    """``⌊(L + 2p − k) / s⌋ + 1`` on each axis (MViT §3.1); ``ValueError`` if an axis is left with no token."""
+    out = tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(sizes, kernel, stride, padding))
+    if min(out) < 1:
+        raise ValueError(f"a token grid T×H×W = {'×'.join(map(str, sizes))} is too small for pooling kernel "
+                         f"{'×'.join(map(str, kernel))} (padding {'×'.join(map(str, padding))})")
+    return out  # type: ignore[return-value]
 
 
 class Pool(nn.Module):
@@ -67,12 +78,9 @@ class Pool(nn.Module):
         return f"mode={self.mode}, kernel={self.kernel}, stride={self.stride}, padding={self.padding}"
 
     def out_grid(self, grid: Grid) -> Grid:
-        """The pooled grid; ``ValueError`` unless every stride divides its axis."""
-        sizes = (grid.t, grid.h, grid.w)
-        if any(n % s for n, s in zip(sizes, self.stride)):
-            raise ValueError(f"pooling stride {'×'.join(map(str, self.stride))} does not divide the token grid "
-                             f"T×H×W = {'×'.join(map(str, sizes))}")
-        t, h, w = (n // s for n, s in zip(sizes, self.stride))
+        """The pooled grid, ``⌊(L + 2p − k) / s⌋ + 1`` per axis (MViT §3.1; ``L / s`` when ``s`` divides ``L``,
+        floored otherwise, as PySlowFast's and torchvision's pooling); ``ValueError`` if an axis would vanish."""
+        t, h, w = pooled_sizes((grid.t, grid.h, grid.w), self.kernel, self.stride, self.padding)
         return grid.replace(t=t, h=h, w=w)
 
     def forward(self, x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:

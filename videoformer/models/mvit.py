@@ -17,30 +17,27 @@ import torch
 from torch import nn
 
 from ..layers import DropPath, Grid, JointPosEmbed, Mlp, SeparablePosEmbed, check_video, drop_path_rates
-from ..layers.pooling import POOL_MODES, PoolingAttention, PoolMode, Triple, make_pool, same_padding
+from ..layers.pooling import (POOL_MODES, PoolingAttention, PoolMode, Triple, default_kernel, make_pool,
+                              pooled_sizes, same_padding)
 from .base import TransformerConfig, VideoModel, init_weights
 
 PosEmbedKind = Literal["none", "space", "joint", "separable"]
 POS_EMBEDS = ("none", "space", "joint", "separable")
 
 
-def _pooled(sizes: tuple[int, ...], stride: Triple, what: str) -> tuple[int, ...]:
-    """Grid ``sizes`` after a pooling of ``stride``; ``ValueError`` unless the stride divides every axis."""
-    if any(n % s for n, s in zip(sizes, stride)):
-        raise ValueError(f"{what} pooling stride {'×'.join(map(str, stride))} does not divide the token grid "
-                         f"T×H×W = {'×'.join(map(str, sizes))}")
-    return tuple(n // s for n, s in zip(sizes, stride))
-
-
 @dataclass
 class MViTConfig(TransformerConfig):
-    """MViT-B 16×4 (Table 3b, stages V5 of Table 13) with conv pooling by default.
+    """MViT-B 16×4 (Table 3b, stages V5 of Table 13) with conv pooling of Table 15's ``k = s + 1`` kernels by
+    default; the registered ``mvit_b_16x4`` is the released model, 3×3×3 kernels (Table 15's last row).
 
     ``dim`` / ``num_heads``: channels and heads of the first stage, multiplied by ``dim_mul`` / ``head_mul`` at
     every stage transition. ``patch_size``: spatial stride of the cube projection. ``kv_stride``: K/V pooling
     stride of the first stage, divided by ``q_stride`` at each transition (floored at 1). ``pool_kernel``:
-    one kernel for every pooling operator (e.g. ``(3, 3, 3)``, the released checkpoints); ``None`` is Table 15's
-    ``k = s + 1`` on strided axes. ``depth`` is filled from ``stage_depths``.
+    one kernel for every pooling operator, K/V pools at stride 1 included (``(3, 3, 3)``: MViT-B 16×4 as
+    released); ``None`` is Table 15's ``k = s + 1`` on strided axes (no pooling at stride 1). Grids the strides do
+    not divide are floored (§3.1's ``⌊(L + 2p − k)/s⌋ + 1``, as PySlowFast). ``pool_norm_eps``: epsilon of the
+    conv-pooling LayerNorms (PySlowFast's 2021 release used 1e-5 there, its later code and torchvision 1e-6).
+    ``depth`` is filled from ``stage_depths``.
     """
 
     num_frames: int = 16
@@ -53,6 +50,7 @@ class MViTConfig(TransformerConfig):
     cube_stride_t: int = 2
     pool_mode: PoolMode = "conv"
     pool_kernel: Triple | None = None
+    pool_norm_eps: float = 1e-6
     q_stride: Triple = (1, 2, 2)
     kv_stride: Triple = (1, 8, 8)
     dim_mul: float = 2.0
@@ -88,8 +86,16 @@ class MViTConfig(TransformerConfig):
         sizes = (self.grid.t, self.grid.h, self.grid.w)
         for i, kv in enumerate(self.stage_kv_strides):  # fail here, not at the first clip
             if i:
-                sizes = _pooled(sizes, self.q_stride, f"stage {i + 1}: Q")
-            _pooled(sizes, kv, f"stage {i + 1}: K/V")
+                sizes = self._pooled(sizes, self.q_stride, f"stage {i + 1}: Q")
+            self._pooled(sizes, kv, f"stage {i + 1}: K/V")
+
+    def _pooled(self, sizes: Triple, stride: Triple, what: str) -> Triple:
+        """Grid ``sizes`` after a pooling of ``stride`` with this config's kernel (floored, as the model does)."""
+        kernel = self.pool_kernel or default_kernel(stride)
+        try:
+            return pooled_sizes(sizes, kernel, stride, same_padding(kernel, stride))
+        except ValueError as err:
+            raise ValueError(f"{what} pooling: {err}") from err
 
     @property
     def grid(self) -> Grid:
@@ -129,11 +135,11 @@ class MultiscaleBlock(nn.Module):
     def __init__(self, dim: int, dim_out: int, num_heads: int, mode: PoolMode, stride_q: Triple,
                  stride_kv: Triple, kernel_q: Triple | None, kernel_kv: Triple | None, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_path: float = 0.0, drop: float = 0.0, attn_drop: float = 0.0,
-                 act: str = "gelu", norm_eps: float = 1e-6) -> None:
+                 act: str = "gelu", norm_eps: float = 1e-6, pool_norm_eps: float = 1e-6) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = PoolingAttention(dim, num_heads, mode, stride_q, stride_kv, kernel_q, kernel_kv, qkv_bias,
-                                     attn_drop, drop, norm_eps)
+                                     attn_drop, drop, pool_norm_eps)
         self.pool_skip = make_pool("max", dim, stride_q)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act=act, drop=drop, out_dim=dim_out)
@@ -175,7 +181,8 @@ class MViT(VideoModel):
                 blocks.append(MultiscaleBlock(
                     dim, cfg.stage_dims[i + 1] if last else dim, heads, cfg.pool_mode, stride_q, stride_kv,
                     cfg.pool_kernel if stride_q != no_stride else None, cfg.pool_kernel, cfg.mlp_ratio,
-                    cfg.qkv_bias, next(rates), cfg.drop_rate, cfg.attn_drop_rate, cfg.act, cfg.norm_eps))
+                    cfg.qkv_bias, next(rates), cfg.drop_rate, cfg.attn_drop_rate, cfg.act, cfg.norm_eps,
+                    cfg.pool_norm_eps))
         self.blocks = nn.ModuleList(blocks)
         self.num_features = cfg.stage_dims[-1]
         self.norm = nn.LayerNorm(self.num_features, eps=cfg.norm_eps)

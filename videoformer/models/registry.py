@@ -167,7 +167,9 @@ register("tokenshift_tiny", TokenShiftConfig, TokenShift, "MSCA", **TINY)
 # MViT v1 (Fan et al., 2021): Tables 3b/3c, 4, 5 (B-24, K600), 17 (T = 1); the paper's ViT-B baseline (Table 3a).
 from .mvit import MViT, MViTConfig  # noqa: E402
 
-register("mvit_b_16x4", MViTConfig, MViT, "MViT", dict(PRE_SLOWFAST, stride=4))
+# MViT-B 16x4 and the image MViT-B as released (PySlowFast configs: POOL_KVQ_KERNEL 3×3×3 / 1×3×3 for every Q
+# and K/V pool, stride-1 K/V pools included); the 32×3 config has none, so its pools use k = s + 1.
+register("mvit_b_16x4", MViTConfig, MViT, "MViT", dict(PRE_SLOWFAST, stride=4), pool_kernel=(3, 3, 3))
 register("mvit_b_32x3", MViTConfig, MViT, "MViT", dict(PRE_SLOWFAST, stride=3), num_frames=32)
 register("mvit_b_64x3", MViTConfig, MViT, "MViT", dict(PRE_SLOWFAST, stride=3), num_frames=64)
 register("mvit_b24_32x3", MViTConfig, MViT, "MViT", dict(PRE_SLOWFAST, stride=3), num_frames=32,
@@ -175,7 +177,7 @@ register("mvit_b24_32x3", MViTConfig, MViT, "MViT", dict(PRE_SLOWFAST, stride=3)
 register("mvit_s", MViTConfig, MViT, "MViT", dict(PRE_SLOWFAST, stride=4), dim=128, stage_depths=(3, 7, 6),
          patch_size=8, cube_kernel=(3, 8, 8), kv_stride=(1, 4, 4))
 register("mvit_b16_image", MViTConfig, MViT, "MViT", num_frames=1, cube_kernel=(1, 7, 7), cube_stride_t=1,
-         kv_stride=(1, 4, 4), pos_embed="space", num_classes=1000)
+         kv_stride=(1, 4, 4), pool_kernel=(1, 3, 3), pos_embed="space", num_classes=1000)
 register("mvit_tiny", MViTConfig, MViT, "MViT", dim=16, stage_depths=(1, 2, 2), kv_stride=(1, 4, 4),
          img_size=32, num_frames=4, num_classes=10)
 register("vit_b16_joint_baseline", ViViTConfig, ViViT, "MViT", **BACKBONES["b"], model=1, tubelet_t=1, num_frames=8)

@@ -5,6 +5,12 @@ Model 2, factorised encoder: a spatial ViT per temporal index (CLS or global ave
     temporal encoder of ``Lt`` layers over ``H = [h_1 .. h_nt]``; ``Lt = 0`` averages ``h_i`` (Table 2 baseline).
 Model 3, factorised self-attention: spatial then temporal MSA in every block (Eq. 4-6), no CLS token.
 Model 4, factorised dot-product attention: half the heads over space, half over time, one projection (Eq. 7).
+
+Where the paper leaves a choice, the config names it: ``order`` (model 3: which MSA comes first; model 4: which
+half of the heads attends over space), ``classifier`` (CLS token or global average pooling; Scenic allows
+either for models 1 and 2, models 3 and 4 have no CLS) and ``act`` (Scenic's flax GELU is the tanh
+approximation, ``"gelu_tanh"``). The defaults are the paper's reading; Scenic checkpoints bring Scenic's
+(``weights.scenic``): order ``"ts"`` for models 3 and 4, ``"gelu_tanh"``.
 """
 from __future__ import annotations
 
@@ -29,7 +35,12 @@ class ViViTConfig(TransformerConfig):
     tubelet_t: int = 2  # 1 = uniform frame sampling
     temporal_depth: int = 4  # model 2: Lt
     spatial_pool: str = "token"  # model 2: "token" (CLS) or "avg" per frame
-    order: str = "st"  # model 3: "st" space then time (Eq. 4-5) or "ts"
+    # model 3: "st" space then time (Eq. 4-5) or "ts"; model 4: "st" the first half of the heads attends over
+    # space, "ts" over time (Scenic's factorized_dot_product_attention splits time heads first)
+    order: str = "st"
+    # "token" (CLS) or "gap" (mean of the final tokens; model 2: of the temporal encoder's); None: token for
+    # models 1 and 2, gap for models 3 and 4 (which have no CLS token)
+    classifier: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -41,6 +52,11 @@ class ViViTConfig(TransformerConfig):
             raise ValueError(f"spatial_pool must be token|avg and order st|ts, got {self.spatial_pool}, {self.order}")
         if self.model == 4 and self.num_heads % 2:
             raise ValueError(f"model 4 splits heads in two halves; num_heads={self.num_heads} is odd")
+        if self.classifier is None:
+            self.classifier = "token" if self.model in (1, 2) else "gap"
+        if self.classifier not in ("token", "gap") or (self.model in (3, 4) and self.classifier == "token"):
+            raise ValueError(f"classifier must be token|gap (models 3 and 4: gap, they have no CLS token), "
+                             f"got {self.classifier!r} for model {self.model}")
 
 
 class ViViT(VideoModel):
@@ -65,14 +81,16 @@ class ViViT(VideoModel):
             self.blocks = nn.ModuleList(block([[ALL]], r) for r in rates[: cfg.depth])
             self.norm_spatial = nn.LayerNorm(d, eps=cfg.norm_eps)
             if cfg.temporal_depth:
-                self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, d))
-                self.temporal_pos_embed = JointPosEmbed(d, Grid(t=nt, h=1, w=1, prefix=1), cfg.pos_embed_std)
+                token = cfg.classifier == "token"
+                self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, d)) if token else None
+                self.temporal_pos_embed = JointPosEmbed(d, Grid(t=nt, h=1, w=1, prefix=int(token)), cfg.pos_embed_std)
                 self.temporal_blocks = nn.ModuleList(block([[TIME]], r) for r in rates[cfg.depth:])
         else:
-            self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.model == 1 else None
-            self.pos_embed = JointPosEmbed(d, Grid(t=nt, h=n, w=n, prefix=int(cfg.model == 1)), cfg.pos_embed_std)
-            sublayers = {1: [[ALL]], 3: [[SPACE], [TIME]] if cfg.order == "st" else [[TIME], [SPACE]],
-                         4: [[SPACE, TIME]]}[cfg.model]
+            token = cfg.classifier == "token"
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if token else None
+            self.pos_embed = JointPosEmbed(d, Grid(t=nt, h=n, w=n, prefix=int(token)), cfg.pos_embed_std)
+            space_time = [SPACE, TIME] if cfg.order == "st" else [TIME, SPACE]
+            sublayers = {1: [[ALL]], 3: [[g] for g in space_time], 4: [space_time]}[cfg.model]
             self.blocks = nn.ModuleList(block(sublayers, r) for r in rates)
         plain_average = cfg.model == 2 and not cfg.temporal_depth
         self.norm = nn.Identity() if plain_average else nn.LayerNorm(d, eps=cfg.norm_eps)
@@ -83,7 +101,7 @@ class ViViT(VideoModel):
         self._init_head(cfg.num_classes, cfg.head_drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Clip -> normalised tokens: ``(B, P + N, D)``; model 2: ``(B, 1 + nt, D)`` temporal tokens
+        """Clip -> normalised tokens: ``(B, P + N, D)``; model 2: ``(B, P + nt, D)`` temporal tokens
         (``(B, nt, D)`` frame representations when ``Lt = 0``)."""
         x, grid = self.patch_embed(x)
         if self.cfg.model != 2:
@@ -99,13 +117,11 @@ class ViViT(VideoModel):
         h = rearrange(h, "(b t) d -> b t d", b=B)
         if not self.cfg.temporal_depth:
             return h
-        tgrid = Grid(t=nt, h=1, w=1, prefix=1)
+        tgrid = Grid(t=nt, h=1, w=1, prefix=int(self.temporal_cls_token is not None))
         h = self.temporal_pos_embed(self.prepend(self.temporal_cls_token, h), tgrid)
         return self.norm(self.run_blocks(self.temporal_blocks, h, tgrid))
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.model == 2 and not self.cfg.temporal_depth:
             return x.mean(dim=1)  # average pooling baseline
-        if self.cfg.model in (1, 2):
-            return x[:, 0]
-        return x.mean(dim=1)  # models 3 and 4: global average pooling
+        return x[:, 0] if self.cfg.classifier == "token" else x.mean(dim=1)  # CLS or global average pooling

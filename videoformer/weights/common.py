@@ -1,7 +1,8 @@
 """What every weight converter shares: safe file reading and strict key / shape checking.
 
 ``read_file(path)`` is the library's one reader of weight and checkpoint files: ``.safetensors``, ``.npz``
-(``allow_pickle=False``) or a torch pickle loaded with ``weights_only=True`` -- never arbitrary objects, so a
+(``allow_pickle=False``), flax msgpack (Scenic; decoded with ``msgpack``, no JAX) or a torch pickle loaded with
+``weights_only=True`` -- never arbitrary objects, so a
 crafted file cannot run code; the format is recognised from the contents, not the suffix (``.pyth``, ``.pth``,
 ``checkpoint_1000``). ``read_state_dict(path)`` is ``read_file`` that insists on names -> tensors.
 ``Converted`` and ``register_format`` are the contract of the official-checkpoint converters;
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import msgpack
 import numpy as np
 import torch
 from safetensors import SafetensorError
@@ -123,8 +125,61 @@ def sniff(path: Path) -> str:
     return "unknown"
 
 
+# flax.serialization's msgpack extension codes: an ndarray packed as (shape, dtype name, C-order bytes), a Python
+# complex as (real, imag), a NumPy scalar as a 0-d ndarray. Arrays over 1 GiB are split into flat chunks under
+# {"__msgpack_chunked_array__": True, "shape": {"0": .., ..}, "chunks": {"0": .., ..}}.
+_EXT_NDARRAY, _EXT_COMPLEX, _EXT_NPSCALAR = 1, 2, 3
+_CHUNKED = "__msgpack_chunked_array__"
+
+
+def _msgpack_array(data: bytes) -> torch.Tensor:
+    """One flax ndarray extension payload -> a tensor (``bfloat16`` included, which NumPy lacks)."""
+    shape, dtype, buffer = msgpack.unpackb(data, raw=True)
+    name = dtype.decode() if isinstance(dtype, bytes) else str(dtype)
+    try:
+        np_dtype = np.dtype("uint16" if name == "bfloat16" else name)
+    except TypeError as err:
+        raise CheckpointError(f"flax array of unsupported dtype {name!r}") from err
+    count = int(np.prod(shape, dtype=np.int64))
+    if count * np_dtype.itemsize != len(buffer):
+        raise CheckpointError(f"flax array of shape {tuple(shape)} and dtype {name} holds {len(buffer)} bytes, "
+                              f"not {count * np_dtype.itemsize}")
+    tensor = torch.from_numpy(np.frombuffer(buffer, np_dtype).reshape(shape).copy())
+    return tensor.view(torch.bfloat16) if name == "bfloat16" else tensor
+
+
+def _msgpack_ext(code: int, data: bytes) -> Any:
+    if code == _EXT_NDARRAY:
+        return _msgpack_array(data)
+    if code == _EXT_NPSCALAR:
+        return _msgpack_array(data).item()
+    if code == _EXT_COMPLEX:
+        real, imag = msgpack.unpackb(data)
+        return complex(real, imag)
+    raise CheckpointError(f"unknown msgpack extension type {code} (flax writes 1: ndarray, 2: complex, 3: scalar)")
+
+
+def _unchunk(tree: Any) -> Any:
+    """Reassemble flax's chunked large arrays, everywhere in the tree."""
+    if not isinstance(tree, dict):
+        return tree
+    if tree.get(_CHUNKED) is True:
+        shape = [tree["shape"][str(i)] for i in range(len(tree["shape"]))]
+        chunks = [tree["chunks"][str(i)] for i in range(len(tree["chunks"]))]
+        return torch.cat([c.reshape(-1) for c in chunks]).reshape(shape)
+    return {k: _unchunk(v) for k, v in tree.items()}
+
+
 def _read_msgpack(path: Path) -> Any:
-    raise CheckpointError(f"{path}: flax / Scenic msgpack checkpoints are not readable yet")
+    """A flax ``msgpack`` checkpoint (``flax.serialization.to_bytes``, what Scenic's ``save_checkpoint`` writes)
+    as nested dicts of tensors and plain values, without JAX or flax."""
+    try:
+        tree = msgpack.unpackb(path.read_bytes(), ext_hook=_msgpack_ext, raw=False, strict_map_key=False)
+        return _unchunk(tree)
+    except (msgpack.UnpackException, ValueError, TypeError, KeyError) as err:
+        if isinstance(err, CheckpointError):
+            raise CheckpointError(f"cannot read flax checkpoint {path}: {err}") from err
+        raise CheckpointError(f"cannot read flax checkpoint {path}: {type(err).__name__}: {err}") from err
 
 
 def read_file(path: str | Path) -> Any:

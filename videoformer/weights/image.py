@@ -23,7 +23,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -81,10 +81,10 @@ def _rename(state: Mapping[str, torch.Tensor], renames: Renames, source: str, dr
 
 
 def _fuse_qkv(state: StateDict, source: str) -> StateDict:
-    """``blocks.i.attns.0.{q,k,v}[uery|ey|alue].{weight,bias}`` -> one ``qkv`` tensor in q | k | v order."""
+    """``...attns.j.{q,k,v}[uery|ey|alue].{weight,bias}`` -> one ``qkv`` tensor in q | k | v order."""
     out, parts = {}, {}
     for key, value in state.items():
-        m = re.match(r"^(blocks\.\d+\.attns\.0)\.(q|k|v|query|key|value)\.(weight|bias)$", key)
+        m = re.match(r"^(.*\.attns\.\d+)\.(q|k|v|query|key|value)\.(weight|bias)$", key)
         if m:
             parts.setdefault((m[1], m[3]), {})[m[2][0]] = value
         else:
@@ -128,6 +128,9 @@ def _unstack_scanned(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np
     return out
 
 
+FlaxRule = tuple[str, str, Callable[[np.ndarray], np.ndarray]]  # (regex on the flax path, our key, conversion)
+
+
 def _same(a: np.ndarray) -> np.ndarray:
     return a
 
@@ -137,13 +140,60 @@ def _dense(a: np.ndarray) -> np.ndarray:
     return a.T
 
 
-def _jax_rules(big_vision: bool) -> list[tuple[str, str, Callable[[np.ndarray], np.ndarray]]]:
+def flax_conv_kernel(a: np.ndarray) -> np.ndarray:
+    """Flax Conv kernel (h, w, C, D) or (t, h, w, C, D) -> torch Conv3d weight (D, C, t, h, w) (t = 1 for 2D)."""
+    return (a[None] if a.ndim == 4 else a).transpose(4, 3, 0, 1, 2)
+
+
+def flax_block_rules(src: str, dst: str, attns: Sequence[tuple[str, str]], ln_mlp: str, mlp: str) -> list[FlaxRule]:
+    """Rules for one flax pre-norm encoder block: ``src`` a regex of the block's path with one group (its index),
+    ``dst`` our block prefix (``\\1`` for the index); ``attns``: the (LayerNorm, MultiHeadDotProductAttention)
+    module names that become our sublayers 0, 1, ...; ``ln_mlp`` / ``mlp``: the MLP's LayerNorm and MlpBlock."""
+    rules: list[FlaxRule] = []
+    for j, (ln, mha) in enumerate(attns):
+        rules += [
+            (src + f"{ln}/scale", dst + f"norms.{j}.weight", _same),
+            (src + f"{ln}/bias", dst + f"norms.{j}.bias", _same),
+            # query / key / value kernels (D, heads, hd) -> (heads*hd, D); biases (heads, hd) -> (heads*hd,)
+            (src + f"{mha}/(query|key|value)/kernel", dst + rf"attns.{j}.\2.weight",
+             lambda a: a.reshape(a.shape[0], -1).T),
+            (src + f"{mha}/(query|key|value)/bias", dst + rf"attns.{j}.\2.bias", lambda a: a.reshape(-1)),
+            # out kernel (heads, hd, D) -> (D, heads*hd)
+            (src + f"{mha}/out/kernel", dst + f"attns.{j}.proj.weight", lambda a: a.reshape(-1, a.shape[-1]).T),
+            (src + f"{mha}/out/bias", dst + f"attns.{j}.proj.bias", _same),
+        ]
+    return rules + [
+        (src + f"{ln_mlp}/scale", dst + "norm_mlp.weight", _same),
+        (src + f"{ln_mlp}/bias", dst + "norm_mlp.bias", _same),
+        (src + f"{mlp}/Dense_0/kernel", dst + "mlp.fc1.weight", _dense),
+        (src + f"{mlp}/Dense_0/bias", dst + "mlp.fc1.bias", _same),
+        (src + f"{mlp}/Dense_1/kernel", dst + "mlp.fc2.weight", _dense),
+        (src + f"{mlp}/Dense_1/bias", dst + "mlp.fc2.bias", _same),
+    ]
+
+
+def apply_flax_rules(arrays: Mapping[str, np.ndarray], rules: Sequence[FlaxRule], source: str) -> StateDict:
+    """Convert every array by the first rule whose regex matches its whole path, then fuse q / k / v; paths no
+    rule matches are reported as unexpected keys."""
+    out, unexpected = {}, []
+    for key, value in arrays.items():
+        for pattern, repl, convert in rules:
+            if m := re.fullmatch(pattern, key):
+                out[m.expand(repl)] = torch.from_numpy(np.ascontiguousarray(convert(value)))
+                break
+        else:
+            unexpected.append(key)
+    if unexpected:
+        raise CheckpointMismatchError(source, unexpected=unexpected)
+    return _fuse_qkv(out, source)
+
+
+def _jax_rules(big_vision: bool) -> list[FlaxRule]:
     """``(regex on the npz key, canonical key, array conversion)`` for one ViT layout."""
     mha, ln_mlp, mlp = (("MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0") if big_vision else
                         ("MultiHeadDotProductAttention_1", "LayerNorm_2", "MlpBlock_3"))
-    blk = r"Transformer/encoderblock_(\d+)/"
     return [
-        ("embedding/kernel", "patch_embed.proj.weight", lambda a: a.transpose(3, 2, 0, 1)[:, :, None]),  # HWIO
+        ("embedding/kernel", "patch_embed.proj.weight", flax_conv_kernel),  # HWIO
         ("embedding/bias", "patch_embed.proj.bias", _same),
         ("cls", "cls_token", _same),
         ("(?:Transformer/posembed_input/)?pos_embedding", "pos_embed.pos", _same),
@@ -151,21 +201,7 @@ def _jax_rules(big_vision: bool) -> list[tuple[str, str, Callable[[np.ndarray], 
         ("Transformer/encoder_norm/bias", "norm.bias", _same),
         ("head/kernel", "head.weight", _dense),
         ("head/bias", "head.bias", _same),
-        (blk + "LayerNorm_0/scale", r"blocks.\1.norms.0.weight", _same),
-        (blk + "LayerNorm_0/bias", r"blocks.\1.norms.0.bias", _same),
-        (blk + f"{ln_mlp}/scale", r"blocks.\1.norm_mlp.weight", _same),
-        (blk + f"{ln_mlp}/bias", r"blocks.\1.norm_mlp.bias", _same),
-        # query / key / value kernels (D, heads, hd) -> (heads*hd, D); biases (heads, hd) -> (heads*hd,)
-        (blk + f"{mha}/(query|key|value)/kernel", r"blocks.\1.attns.0.\2.weight",
-         lambda a: a.reshape(a.shape[0], -1).T),
-        (blk + f"{mha}/(query|key|value)/bias", r"blocks.\1.attns.0.\2.bias", lambda a: a.reshape(-1)),
-        # out kernel (heads, hd, D) -> (D, heads*hd)
-        (blk + f"{mha}/out/kernel", r"blocks.\1.attns.0.proj.weight", lambda a: a.reshape(-1, a.shape[-1]).T),
-        (blk + f"{mha}/out/bias", r"blocks.\1.attns.0.proj.bias", _same),
-        (blk + f"{mlp}/Dense_0/kernel", r"blocks.\1.mlp.fc1.weight", _dense),
-        (blk + f"{mlp}/Dense_0/bias", r"blocks.\1.mlp.fc1.bias", _same),
-        (blk + f"{mlp}/Dense_1/kernel", r"blocks.\1.mlp.fc2.weight", _dense),
-        (blk + f"{mlp}/Dense_1/bias", r"blocks.\1.mlp.fc2.bias", _same),
+        *flax_block_rules(r"Transformer/encoderblock_(\d+)/", r"blocks.\1.", [("LayerNorm_0", mha)], ln_mlp, mlp),
     ]
 
 
@@ -179,20 +215,12 @@ def from_jax_vit(arrays: Mapping[str, np.ndarray], source: str = "JAX ViT") -> S
     arrays = _unstack_scanned(dict(arrays), prefix)
     rules = _jax_rules(big_vision=any("/MlpBlock_0/" in k for k in arrays))
     has_pre_logits = any(k.startswith(f"{prefix}pre_logits/") for k in arrays)
-    out, unexpected = {}, []
+    kept = {}
     for key, value in arrays.items():
-        name = key[len(prefix):] if key.startswith(prefix) else ""
-        if name.startswith("pre_logits/") or (has_pre_logits and name.startswith("head/")):
-            continue  # classifier side: the representation layer and the head that needs it
-        for pattern, repl, convert in rules:
-            if re.fullmatch(pattern, name):
-                out[re.sub(pattern, repl, name)] = torch.from_numpy(np.ascontiguousarray(convert(value)))
-                break
-        else:
-            unexpected.append(key)
-    if unexpected:
-        raise CheckpointMismatchError(source, unexpected=unexpected)
-    return _fuse_qkv(out, source)
+        name = key[len(prefix):] if key.startswith(prefix) else key
+        if not (name.startswith("pre_logits/") or (has_pre_logits and name.startswith("head/"))):
+            kept[name] = value  # not the classifier side: the representation layer and the head that needs it
+    return apply_flax_rules(kept, rules, source)
 
 
 def expected_shapes(state: Mapping[str, torch.Tensor], source: str) -> dict[str, tuple[int, ...]]:
