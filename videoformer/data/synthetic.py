@@ -9,7 +9,7 @@ import av
 import numpy as np
 
 __all__ = ["write_video", "moving_square_frames", "tone", "barcode_frames", "read_barcode", "remux_trimmed",
-           "write_with_cover"]
+           "write_with_cover", "write_resolution_change"]
 
 
 def write_video(
@@ -31,15 +31,13 @@ def write_video(
     The container follows the extension (.mp4, .mkv, .avi, .webm, ...). Even sizes are required by
     4:2:0 codecs. Audio is encoded with AAC (Opus for .webm). ``pts_ms``: explicit presentation times in
     milliseconds (variable frame rate); ``rotation``: a display matrix rotating the picture
-    counter-clockwise by that many degrees when shown. A list of arrays of different sizes makes a
-    stream whose resolution changes (the stream header has the first size).
+    counter-clockwise by that many degrees when shown.
     """
     path = os.fspath(path)
-    sizes = {f.shape for f in frames}
-    frames = np.asarray(frames) if len(sizes) == 1 else list(frames)
-    if any(f.ndim != 3 or f.shape[-1] != 3 or f.dtype != np.uint8 for f in frames):
-        raise ValueError(f"{path}: frames must be uint8 (T, H, W, 3), got {sorted(sizes)}")
-    h, w, _ = frames[0].shape
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"{path}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    _, h, w, _ = frames.shape
     with av.open(path, mode="w") as out:
         vs = out.add_stream(codec, rate=Fraction(fps))
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
@@ -60,8 +58,6 @@ def write_video(
             as_ = out.add_stream(acodec, rate=rate, layout="mono")
         for i, img in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            if img.shape[:2] != (h, w):
-                frame = frame.reformat(format="yuv420p")  # the encoder reconfigures on a size change
             frame.pts = i if pts_ms is None else int(pts_ms[i])
             if pts_ms is not None:
                 frame.time_base = Fraction(1, 1000)
@@ -181,4 +177,33 @@ def write_with_cover(path: str | os.PathLike, frames: np.ndarray, fps: int = 25,
                 out.mux(packet)
         for packet in vs.encode():
             out.mux(packet)
+    return path
+
+
+def write_resolution_change(path: str | os.PathLike, parts: list[np.ndarray], fps: int = 25, gop: int = 10) -> str:
+    """An MPEG-TS H.264 stream whose resolution changes between ``parts`` (each (T, H, W, 3) uint8): one
+    encoder per part, packets muxed into one stream (the new size travels in-band, as in broadcast
+    captures); the stream header tells the first part's size."""
+    path = os.fspath(path)
+    with av.open(path, mode="w", format="mpegts") as out:
+        stream = None
+        offset = 0
+        for frames in parts:
+            _, h, w, _ = frames.shape
+            enc = av.CodecContext.create("libx264", "w")
+            enc.width, enc.height, enc.pix_fmt = w, h, "yuv420p"
+            enc.time_base, enc.framerate, enc.gop_size, enc.max_b_frames = Fraction(1, fps), Fraction(fps), gop, 0
+            if stream is None:
+                stream = out.add_stream("libx264", rate=fps)
+                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            packets = []
+            for i, img in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+                frame.pts, frame.time_base = offset + i, Fraction(1, fps)
+                packets += enc.encode(frame)
+            packets += enc.encode(None)
+            for p in packets:
+                p.stream, p.time_base = stream, Fraction(1, fps)
+                out.mux(p)
+            offset += len(frames)
     return path

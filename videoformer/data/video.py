@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import threading
+import zipfile
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -235,12 +236,16 @@ class FrameIndex:
         return (self.pts[idx] - self.pts[0]).astype(np.float64) * float(self.time_base)
 
     def index_at(self, seconds: float | np.ndarray) -> np.ndarray:
-        """Index of the frame shown at each time (seconds relative to frame 0), clipped to the video."""
+        """Index of the frame whose timestamp is nearest to each time (seconds after frame 0; the later
+        frame on a tie), clipped to the video: ``round(t * fps)`` on constant-rate files."""
         t = np.asarray(seconds, dtype=np.float64)
         if self.pts is None:
             return np.clip(np.round(t * self.fps).astype(np.int64), 0, self.num_frames - 1)
-        ts = self.pts[0] + np.round(t / float(self.time_base)).astype(np.int64)
-        return np.clip(np.searchsorted(self.pts, ts, side="right") - 1, 0, self.num_frames - 1)
+        ts = self.pts[0] + t / float(self.time_base)
+        hi = np.clip(np.searchsorted(self.pts, ts), 1, max(self.num_frames - 1, 1))
+        lo = hi - 1
+        nearer_lo = (ts - self.pts[lo]) < (self.pts[np.minimum(hi, self.num_frames - 1)] - ts)
+        return np.clip(np.where(nearer_lo, lo, hi), 0, self.num_frames - 1)
 
     @property
     def start_time(self) -> float:
@@ -283,7 +288,7 @@ class FrameIndex:
             with np.load(file, allow_pickle=False) as z:
                 head = json.loads(z["header"].tobytes().decode())
                 arrays = {k: z[k] for k in cls._ARRAYS if k in z.files}
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged: rebuild
             return None
         if (head.get("version") != _INDEX_VERSION or head.get("size") != source_stat.st_size
                 or head.get("mtime_ns") != source_stat.st_mtime_ns or head.get("crc") != _crc(arrays)):
