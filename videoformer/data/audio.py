@@ -141,6 +141,9 @@ def frame_aligned_logmel(path: str | os.PathLike, times_sec: np.ndarray, video_s
             if not c.streams.audio:
                 return None
             a = c.streams.audio[0]
+            for other in c.streams:  # skip the video's packets instead of reading them
+                if other is not a:
+                    other.discard = av.stream.Discard.all
             audio_start = float(a.start_time * a.time_base) if a.start_time is not None and a.time_base else 0.0
             if video_start is None:
                 v = c.streams.video[0] if c.streams.video else None

@@ -142,9 +142,12 @@ def open_video(path: str | os.PathLike) -> av.container.InputContainer:
     return container
 
 
-def select_video_stream(container: av.container.InputContainer, path: str) -> av.video.stream.VideoStream:
+def select_video_stream(container: av.container.InputContainer, path: str, only: bool = False
+                        ) -> av.video.stream.VideoStream:
     """The stream holding the video: never an attached picture (cover art); among the others, the one
-    FFmpeg ranks best (``av_find_best_stream``: most frames seen while probing, then default disposition)."""
+    FFmpeg ranks best (``av_find_best_stream``: most frames seen while probing, then default disposition).
+    ``only``: the demuxer skips every other stream's packets instead of reading them (MOV interleaves
+    audio; reading it too refills the I/O buffer at every sample: 9x the file for one pass)."""
     attached = av.stream.Disposition.attached_pic
     candidates = [s for s in container.streams.video if not s.disposition & attached]
     if not candidates:
@@ -153,7 +156,11 @@ def select_video_stream(container: av.container.InputContainer, path: str) -> av
         best = container.streams.best("video")
     except (av.FFmpegError, ValueError):
         best = None
-    return best if best in candidates else candidates[0]
+    chosen = best if best in candidates else candidates[0]
+    for other in container.streams if only else ():
+        if other is not chosen:
+            other.discard = av.stream.Discard.all
+    return chosen
 
 
 def _stream_fps(stream: av.video.stream.VideoStream) -> Fraction | None:
@@ -377,7 +384,7 @@ def _build_index(path: str, from_packets: bool) -> FrameIndex:
     """Read the index of ``path``: the sample table when it is exact, else every packet. Decodes the first
     frame on the way (its size and display matrix are the stream's)."""
     with open_video(path) as container:
-        stream = select_video_stream(container, path)
+        stream = select_video_stream(container, path, only=True)
         stream.thread_type, stream.thread_count = "SLICE", 1
         cc = stream.codec_context
         fields = None if from_packets else _index_from_table(container, stream, path)
@@ -528,7 +535,9 @@ class FrameReader:
         if self.container is not None:
             self.container.close()
         self.container = open_video(self.path)
-        self.stream = self.container.streams[self.index.stream]
+        self.stream = select_video_stream(self.container, self.path, only=True)
+        if self.stream.index != self.index.stream:
+            raise VideoReadError(self.path, f"video stream {self.stream.index}, indexed {self.index.stream}")
         self.stream.thread_type = "AUTO" if self.threads != 1 else "SLICE"
         self.stream.thread_count = self.threads
         if self.options:
@@ -782,7 +791,7 @@ def read_all_frames(path: str | os.PathLike) -> np.ndarray:
     a reference for tests, not for training."""
     path = os.fspath(path)
     with open_video(path) as container:
-        stream = select_video_stream(container, path)
+        stream = select_video_stream(container, path, only=True)
         stream.thread_type, stream.thread_count = "SLICE", 1
         frames, size = [], None
         for f in _decode_from(container, stream, path):
