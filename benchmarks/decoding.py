@@ -26,7 +26,6 @@ torchcodec needs FFmpeg's shared libraries; when it cannot load them, this scrip
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import re
 import sys

@@ -7,7 +7,6 @@ import av
 import numpy as np
 import pytest
 
-from videoformer.data import video as video_mod
 from videoformer.data.errors import VideoReadError
 from videoformer.data.synthetic import moving_square_frames, tone, write_video
 from videoformer.data.video import probe, read_all_frames, read_clip

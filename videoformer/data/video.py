@@ -34,7 +34,6 @@ import gc
 import hashlib
 import json
 import logging
-import math
 import os
 import threading
 import zipfile
