@@ -140,10 +140,7 @@ def frame_aligned_logmel(path: str | os.PathLike, times_sec: np.ndarray, video_s
         with av.open(path) as c:
             if not c.streams.audio:
                 return None
-            a = c.streams.audio[0]
-            for other in c.streams:  # skip the video's packets instead of reading them
-                if other is not a:
-                    other.discard = av.stream.Discard.all
+            a = _only_audio(c)
             audio_start = float(a.start_time * a.time_base) if a.start_time is not None and a.time_base else 0.0
             if video_start is None:
                 v = c.streams.video[0] if c.streams.video else None
@@ -157,6 +154,15 @@ def frame_aligned_logmel(path: str | os.PathLike, times_sec: np.ndarray, video_s
     except av.FFmpegError as e:
         raise VideoReadError(path, f"audio decoding failed: {e}") from e
     return out
+
+
+def _only_audio(c) -> av.audio.stream.AudioStream:
+    """The first audio stream; the demuxer skips the other streams' packets instead of reading them."""
+    a = c.streams.audio[0]
+    for other in c.streams:
+        if other is not a:
+            other.discard = av.stream.Discard.all
+    return a
 
 
 def _merge_windows(first_row: np.ndarray, join: int = 100) -> list[tuple[int, int, np.ndarray]]:
@@ -175,11 +181,15 @@ def _merge_windows(first_row: np.ndarray, join: int = 100) -> list[tuple[int, in
 
 def _logmel_rows(c, a, audio_start: float, lo: int, hi: int, preroll: float = 0.5) -> np.ndarray:
     """Log-mel rows [lo, hi) of the audio stream ``a`` of container ``c`` (fewer at the end of the track),
-    decoding from ``preroll`` seconds before the window (codecs need the previous frame) to its end."""
+    decoding from ``preroll`` seconds before the window (codecs need the previous frame) to its end. A
+    window near the start is decoded from the start of a fresh demuxer (windows come in ascending order, so
+    only the first can be): after a seek the decoder would not drop the encoder's priming samples."""
     first, last = lo * HOP, (hi - 1) * HOP + WINDOW  # samples after the first audio sample
-    span = _decode_span(c, a, audio_start, first, last, audio_start + first / SAMPLE_RATE - preroll)
+    seek = audio_start + first / SAMPLE_RATE - preroll
+    span = _decode_span(c, a, audio_start, first, last, seek if seek > audio_start else None)
     if span is None:  # the demuxer landed after the window: decode from the start
-        span = _decode_span(c, a, audio_start, first, last, None)
+        with av.open(c.name) as fresh:
+            span = _decode_span(fresh, _only_audio(fresh), audio_start, first, last, None)
     origin, wave = span
     skip = max(first - origin, 0)
     return log_mel(wave[skip : skip + last - first])
@@ -188,12 +198,10 @@ def _logmel_rows(c, a, audio_start: float, lo: int, hi: int, preroll: float = 0.
 def _decode_span(c, a, audio_start: float, first: int, last: int, seek: float | None
                  ) -> tuple[int, np.ndarray] | None:
     """(sample index of the first decoded sample, 16 kHz mono samples up to ``last``), decoding from the
-    frame before time ``seek`` (None: the start); None when that frame starts after sample ``first``."""
-    if seek is not None and seek > audio_start:
+    frame before time ``seek`` (None: from where the fresh demuxer ``c`` stands, the start); None when that
+    frame starts after sample ``first``."""
+    if seek is not None:
         c.seek(int(seek / a.time_base), stream=a, backward=True)
-    else:
-        c.seek(0)
-        seek = None
     rs = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     chunks, origin, n = [], None, 0
     for frame in c.decode(a):
