@@ -1,6 +1,6 @@
 """Video data pipeline: decoding and sampling, compressed domain, audio, datasets, transforms.
 
-Modules: ``video`` (frame index, PyAV decode, metadata), ``sampling`` (TSN / dense / multi-view), ``compressed``
+Modules: ``video`` (PyAV decode, metadata), ``sampling`` (TSN / dense / multi-view), ``compressed``
 (MPEG-4 re-encode, I-frame / motion vectors / residual), ``audio`` (16 kHz log-mel, VGGish),
 ``annotations`` (dataset formats), ``datasets`` (VideoDataset, CompressedVideoDataset), ``transforms``,
 ``mixup``, ``synthetic`` (write small test videos), ``prepare`` (parameter-keyed MPEG-4 + log-mel cache,
@@ -15,7 +15,7 @@ from videoformer.data.sampling import (
     spatial_crop_offsets,
     uniform_indices,
 )
-from videoformer.data.video import FrameIndex, VideoInfo, frame_index, probe, read_all_frames, read_clip
+from videoformer.data.video import VideoInfo, probe, read_all_frames, read_clip
 from videoformer.data.compressed import CompressedClip, extract_compressed, reencode_mpeg4
 from videoformer.data.annotations import (
     Annotations,
@@ -34,8 +34,7 @@ from videoformer.data.mixup import Mixup, one_hot_smooth
 from videoformer.data.prepare import PrepareConfig, load_prepared, prepare
 
 __all__ = [
-    "AnnotationError", "VideoDecodeError", "VideoReadError", "View", "VideoInfo", "FrameIndex", "frame_index",
-    "dense_indices",
+    "AnnotationError", "VideoDecodeError", "VideoReadError", "View", "VideoInfo", "dense_indices",
     "multiview_indices", "probe", "read_all_frames", "read_clip", "spatial_crop_offsets", "uniform_indices",
     "CompressedClip", "extract_compressed", "reencode_mpeg4", "Annotations", "VideoRecord", "read_csv",
     "read_epic_kitchens", "read_folder", "read_hmdb51", "read_kinetics", "read_ssv2", "read_ucf101",
