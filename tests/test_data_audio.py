@@ -158,3 +158,30 @@ def test_compressed_clip_audio(tmp_path):
     silent = extract_compressed(reencode_mpeg4(write_video(tmp_path / "s.mp4", moving_square_frames(20)),
                                                tmp_path / "s4.mp4", size=None), num_segments=4)
     assert not silent.has_audio and (silent.audio == 0).all() and silent.audio_logmel is None
+
+
+def test_frame_aligned_logmel_decodes_only_windows_matching_the_whole_track(monkeypatch):
+    """Examples around a few times equal those cut from the whole track's log-mel, and decoding stops
+    at the last window instead of running to the end of the file."""
+    from videoformer.data import audio as audio_mod
+
+    path = skd.bigbuckbunny()
+    wave, offset = audio_mod.load_audio(path)
+    full = audio_mod.log_mel(wave)
+    decoded = []
+    orig = audio_mod._decode_span
+
+    def counting(c, a, audio_start, first, last, seek):
+        got = orig(c, a, audio_start, first, last, seek)
+        decoded.append(0 if got is None else len(got[1]))
+        return got
+
+    monkeypatch.setattr(audio_mod, "_decode_span", counting)
+    for times in (np.array([0.0, 0.4, 2.0]), np.array([1.0]), np.linspace(0, 5.2, 8)):
+        got = audio_mod.frame_aligned_logmel(path, times)
+        ref = audio_mod.examples_at(full, times - offset)
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).mean() < 1e-3 and np.abs(got - ref).max() < 0.1
+    decoded.clear()
+    audio_mod.frame_aligned_logmel(path, np.array([1.0]))
+    assert sum(decoded) < 0.5 * len(wave)  # about 1.5 s of a 5.3 s track

@@ -124,18 +124,7 @@ def test_bad_inputs(tmp_path, bikes):
     np.testing.assert_array_equal(clip.residual[1], extract_compressed(bikes, indices=[23], audio=False).residual[0])
 
 
-def test_sparse_sampling_seeks_per_gop_and_matches_one_pass(bikes, monkeypatch):
-    from videoformer.data import compressed as comp
-
-    decoded = []
-    orig = comp._decode_from
-
-    def counting(container, stream, p):
-        for f in orig(container, stream, p):
-            decoded.append(f.pts)
-            yield f
-
-    monkeypatch.setattr(comp, "_decode_from", counting)
+def test_sparse_sampling_seeks_per_gop_and_matches_one_pass(bikes, decoded):
     for accumulate in (True, False):
         one_pass = extract_compressed(bikes, indices=[3, 20, 14], accumulate=accumulate, audio=False, seek_gap=10**6)
         n_one = len(decoded)
@@ -156,3 +145,80 @@ def test_h264_with_bframes_warns_and_keeps_identity(caplog):
     for k, i in enumerate(clip.frame_indices):
         np.testing.assert_array_equal(_reconstruct(clip.iframe[k], clip.mv[k], clip.residual[k]), decoded[i])
     np.testing.assert_array_equal(clip.reference_indices, [0, 30])  # bikes.mp4 key frames: 0, 30, 76, ...
+
+
+def _reference(path: str, accumulate: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The CoViAR accumulation written out slowly, from a plain sequential decode: per P-frame, each
+    block's vector (motion / scale, rounded half up) is painted over its pixels; a pixel's source is its
+    position plus that offset, clipped to the frame, chained back to the GOP's I-frame (accumulate) or
+    taken from the previous frame."""
+    iframes, mvs, residuals, refs = [], [], [], []
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        s.codec_context.options = {"flags2": "+export_mvs"}
+        decoded = list(c.decode(s))
+    h, w = decoded[0].height, decoded[0].width
+    yy, xx = np.mgrid[:h, :w]
+    src_y = src_x = key = prev = None
+    for i, frame in enumerate(decoded):
+        rgb = frame.to_ndarray(format="rgb24").astype(np.int16)
+        off = np.zeros((2, h, w), np.int64)
+        intra = frame.pict_type == av.video.frame.PictureType.I
+        if not intra:
+            sd = frame.side_data.get("MOTION_VECTORS")
+            for v in (sd.to_ndarray() if sd is not None else []):
+                if v["source"] >= 0:
+                    continue
+                y0, x0 = int(v["dst_y"]) - int(v["h"]) // 2, int(v["dst_x"]) - int(v["w"]) // 2
+                oy = int(np.floor(v["motion_y"] / v["motion_scale"] + 0.5))
+                ox = int(np.floor(v["motion_x"] / v["motion_scale"] + 0.5))
+                off[:, max(y0, 0) : y0 + int(v["h"]), max(x0, 0) : x0 + int(v["w"])] = np.array([oy, ox])[:, None, None]
+        step_y, step_x = np.clip(yy + off[0], 0, h - 1), np.clip(xx + off[1], 0, w - 1)
+        if intra:
+            key, key_i, src_y, src_x = rgb, i, yy, xx
+        elif accumulate:
+            src_y, src_x = src_y[step_y, step_x], src_x[step_y, step_x]
+        ref, ref_i, sy, sx = (key, key_i, src_y, src_x) if accumulate else \
+            ((prev, i - 1, step_y, step_x) if i else (rgb, 0, yy, xx))
+        iframes.append(key.transpose(2, 0, 1).astype(np.uint8))
+        mvs.append(np.stack([xx - sx, yy - sy]).astype(np.int16))
+        residuals.append((rgb - ref[sy, sx]).transpose(2, 0, 1).astype(np.int16))
+        refs.append(ref_i)
+        prev = rgb
+    return np.stack(iframes), np.stack(mvs), np.stack(residuals), np.array(refs)
+
+
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_every_value_equals_a_slow_reference(bikes, bunny, accumulate):
+    for path in (bikes, bunny):
+        n = probe(path).num_frames
+        clip = extract_compressed(path, indices=np.arange(n), accumulate=accumulate, audio=False)
+        iframe, mv, residual, refs = _reference(path, accumulate)
+        np.testing.assert_array_equal(clip.iframe, iframe)
+        np.testing.assert_array_equal(clip.mv, mv)
+        np.testing.assert_array_equal(clip.residual, residual)
+        np.testing.assert_array_equal(clip.reference_indices, refs)
+        sparse = extract_compressed(path, indices=[n - 1, 3, 3, 14], accumulate=accumulate, audio=False)
+        np.testing.assert_array_equal(sparse.residual, residual[[n - 1, 3, 3, 14]])
+        np.testing.assert_array_equal(sparse.mv, mv[[n - 1, 3, 3, 14]])
+
+
+def test_resolution_change_is_a_typed_error_and_reencode_fixes_it(tmp_path):
+    from videoformer.data.synthetic import barcode_frames, write_resolution_change
+
+    path = write_resolution_change(tmp_path / "resize.ts", [barcode_frames(20, 64, 96), barcode_frames(20, 96, 128)])
+    with pytest.raises(VideoReadError, match="resolution changes") as e:
+        extract_compressed(path, indices=[5, 30], audio=False)
+    assert e.value.path == str(path)
+    fixed = reencode_mpeg4(path, tmp_path / "fixed.mp4", size=(96, 64))
+    assert extract_compressed(fixed, indices=[5, 30], audio=False).mv.shape == (2, 2, 64, 96)
+
+
+def test_reencode_applies_rotation(tmp_path):
+    from videoformer.data.synthetic import barcode_frames, read_barcode
+
+    frames = barcode_frames(12, 64, 96)
+    src = write_video(tmp_path / "rot.mp4", np.ascontiguousarray(np.rot90(frames, -1, axes=(1, 2))), rotation=90)
+    out = reencode_mpeg4(src, tmp_path / "upright.mp4", size=None)
+    assert probe(out).rotation == 0 and (probe(out).width, probe(out).height) == (96, 64)
+    assert [read_barcode(f) for f in read_all_frames(out)] == list(range(12))

@@ -124,13 +124,101 @@ def examples_at(logmel: np.ndarray, centres_sec: np.ndarray, frames: int = EXAMP
     return out
 
 
-def frame_aligned_logmel(path: str | os.PathLike, times_sec: np.ndarray) -> np.ndarray | None:
-    """(T, 96, 64) log-mel examples centred on the given video times, or None without audio."""
-    loaded = load_audio(path)
-    if loaded is None:
-        return None
-    wave, offset = loaded
-    return examples_at(log_mel(wave), np.asarray(times_sec, dtype=np.float64) - offset)
+def frame_aligned_logmel(path: str | os.PathLike, times_sec: np.ndarray, video_start: float | None = None
+                         ) -> np.ndarray | None:
+    """(T, 96, 64) log-mel examples centred on the given video times, or None without audio.
+
+    ``times_sec`` are seconds after the first video frame, whose own timestamp is ``video_start``
+    (None: the video stream's start time). Only the audio around those times is decoded (overlapping
+    windows merged), so the cost depends on the clip, not on the length of the file; the examples equal
+    those cut from the whole track's log-mel (:func:`load_audio` + :func:`log_mel` + :func:`examples_at`)
+    up to the resampler's phase at each window's start.
+    """
+    path = os.fspath(path)
+    times = np.asarray(times_sec, dtype=np.float64).reshape(-1)
+    try:
+        with av.open(path) as c:
+            if not c.streams.audio:
+                return None
+            a = _only_audio(c)
+            audio_start = float(a.start_time * a.time_base) if a.start_time is not None and a.time_base else 0.0
+            if video_start is None:
+                v = c.streams.video[0] if c.streams.video else None
+                video_start = float(v.start_time * v.time_base) if v is not None and v.start_time is not None else 0.0
+            rel = times + (video_start - audio_start)  # seconds after the first audio sample
+            first_row = np.round(rel * (SAMPLE_RATE / HOP)).astype(np.int64) - EXAMPLE // 2
+            out = np.empty((len(times), EXAMPLE, BANDS), np.float32)
+            for lo, hi, members in _merge_windows(first_row):
+                rows = _logmel_rows(c, a, audio_start, max(lo, 0), hi)
+                out[members] = examples_at(rows, rel[members] - max(lo, 0) * HOP / SAMPLE_RATE)
+    except av.FFmpegError as e:
+        raise VideoReadError(path, f"audio decoding failed: {e}") from e
+    return out
+
+
+def _only_audio(c) -> av.audio.stream.AudioStream:
+    """The first audio stream; the demuxer skips the other streams' packets instead of reading them."""
+    a = c.streams.audio[0]
+    for other in c.streams:
+        if other is not a:
+            other.discard = av.stream.Discard.all
+    return a
+
+
+def _merge_windows(first_row: np.ndarray, join: int = 100) -> list[tuple[int, int, np.ndarray]]:
+    """Group examples (first log-mel row of each) into row windows [lo, hi) closer than ``join`` rows."""
+    order = np.argsort(first_row, kind="stable")
+    groups: list[list] = []
+    for k in order.tolist():
+        lo, hi = int(first_row[k]), int(first_row[k]) + EXAMPLE
+        if groups and lo - groups[-1][1] <= join:
+            groups[-1][1] = max(groups[-1][1], hi)
+            groups[-1][2].append(k)
+        else:
+            groups.append([lo, hi, [k]])
+    return [(lo, hi, np.array(ks)) for lo, hi, ks in groups]
+
+
+def _logmel_rows(c, a, audio_start: float, lo: int, hi: int, preroll: float = 0.5) -> np.ndarray:
+    """Log-mel rows [lo, hi) of the audio stream ``a`` of container ``c`` (fewer at the end of the track),
+    decoding from ``preroll`` seconds before the window (codecs need the previous frame) to its end. A
+    window near the start is decoded from the start of a fresh demuxer (windows come in ascending order, so
+    only the first can be): after a seek the decoder would not drop the encoder's priming samples."""
+    first, last = lo * HOP, (hi - 1) * HOP + WINDOW  # samples after the first audio sample
+    seek = audio_start + first / SAMPLE_RATE - preroll
+    span = _decode_span(c, a, audio_start, first, last, seek if seek > audio_start else None)
+    if span is None:  # the demuxer landed after the window: decode from the start
+        with av.open(c.name) as fresh:
+            span = _decode_span(fresh, _only_audio(fresh), audio_start, first, last, None)
+    origin, wave = span
+    skip = max(first - origin, 0)
+    return log_mel(wave[skip : skip + last - first])
+
+
+def _decode_span(c, a, audio_start: float, first: int, last: int, seek: float | None
+                 ) -> tuple[int, np.ndarray] | None:
+    """(sample index of the first decoded sample, 16 kHz mono samples up to ``last``), decoding from the
+    frame before time ``seek`` (None: from where the fresh demuxer ``c`` stands, the start); None when that
+    frame starts after sample ``first``."""
+    if seek is not None:
+        c.seek(int(seek / a.time_base), stream=a, backward=True)
+    rs = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    chunks, origin, n = [], None, 0
+    for frame in c.decode(a):
+        if origin is None:
+            t0 = float(frame.pts * frame.time_base) if frame.pts is not None else audio_start
+            origin = int(round((t0 - audio_start) * SAMPLE_RATE)) if seek is not None else 0
+            if origin > first:
+                return None
+        frame.pts = None  # let the resampler count samples, as load_audio does
+        for f in rs.resample(frame):
+            chunks.append(f.to_ndarray().reshape(-1))
+            n += len(chunks[-1])
+        if origin + n >= last:
+            break
+    else:
+        chunks.extend(f.to_ndarray().reshape(-1) for f in rs.resample(None))
+    return origin or 0, (np.concatenate(chunks) if chunks else np.zeros(0, np.float32))
 
 
 class VGGish(nn.Module):

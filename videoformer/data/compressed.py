@@ -22,11 +22,13 @@ from fractions import Fraction
 from typing import Sequence
 
 import av
+import numba
 import numpy as np
 
 from videoformer.data.errors import VideoReadError
 from videoformer.data.sampling import uniform_indices
-from videoformer.data.video import _decode_from, open_video, probe, to_rgb
+from videoformer.data.video import (FrameReader, _plan, _with_index_retry, frame_index, open_video,
+                                    select_video_stream, to_rgb, upright)
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +79,12 @@ def reencode_mpeg4(
     source's average frame rate. Writes ``dst`` (an .mp4 / .avi / .mkv) and returns its path.
     """
     src, dst = os.fspath(src), os.fspath(dst)
+    info = frame_index(src).info()  # displayed (upright) size
     with open_video(src) as inp:
-        vin = inp.streams.video[0]
+        vin = select_video_stream(inp, src)
         ain = inp.streams.audio[0] if inp.streams.audio else None
         rate = Fraction(vin.average_rate or vin.guessed_rate or 25)
-        width, height = size if size is not None else (vin.codec_context.width, vin.codec_context.height)
+        width, height = size if size is not None else (info.width, info.height)
         if width % 2 or height % 2:
             raise ValueError(f"{dst}: MPEG-4 4:2:0 needs an even size, got {width}x{height}")
         try:
@@ -114,6 +117,9 @@ def reencode_mpeg4(
                         if packet.stream.type == "video":
                             if max_frames is not None and n >= max_frames:
                                 continue
+                            if frame.rotation:  # apply the display matrix: the re-encode is upright
+                                frame = av.VideoFrame.from_ndarray(
+                                    np.ascontiguousarray(upright(to_rgb(frame), frame.rotation)), format="rgb24")
                             g = frame.reformat(width=width, height=height, format="yuv420p", threads=1)
                             g.pts, g.time_base = n, 1 / rate
                             n += 1
@@ -145,35 +151,94 @@ def rasterize_motion_vectors(mvs: np.ndarray | None, height: int, width: int) ->
     to the nearest pel (``src_x`` is truncated by FFmpeg, so it is not used). Pixels of intra blocks
     and of blocks without a vector get offset 0. Block (w, h) is centred on (dst_x, dst_y).
     """
-    cell = 16
-    if mvs is not None and len(mvs):
-        mvs = mvs[mvs["source"] < 0]
-    if mvs is not None and len(mvs):
-        bw, bh = mvs["w"].astype(np.int64), mvs["h"].astype(np.int64)
-        scale = mvs["motion_scale"].astype(np.float64)
-        oy = np.floor(mvs["motion_y"] / scale + 0.5).astype(np.int32)
-        ox = np.floor(mvs["motion_x"] / scale + 0.5).astype(np.int32)
-        x0 = mvs["dst_x"].astype(np.int64) - bw // 2
-        y0 = mvs["dst_y"].astype(np.int64) - bh // 2
-        # the coarsest power-of-two cell every block is made of (16 for MPEG-4 without 4MV)
-        bits = int(np.bitwise_or.reduce(x0 | y0 | bw | bh)) | 16
-        cell = bits & -bits
-        if cell % _CELL:
-            raise ValueError("motion-vector blocks not on a 4-pel grid")
-    gh, gw = -(-height // 16) * 16 // cell + 64 // cell, -(-width // 16) * 16 // cell + 64 // cell
-    grid = np.zeros((gh, gw, 2), dtype=np.int32)
-    if mvs is not None and len(mvs):
-        cx, cy = x0 // cell, y0 // cell
-        if (bw == cell).all() and (bh == cell).all():  # one cell per block: a single scatter
-            grid[np.clip(cy, 0, gh - 1), np.clip(cx, 0, gw - 1)] = np.stack([oy, ox], axis=1)
-        else:
-            for w_, h_ in set(zip(bw.tolist(), bh.tolist())):
-                sel = (bw == w_) & (bh == h_)
-                val = np.stack([oy[sel], ox[sel]], axis=1)
-                for dy in range(h_ // cell):
-                    for dx in range(w_ // cell):
-                        grid[np.clip(cy[sel] + dy, 0, gh - 1), np.clip(cx[sel] + dx, 0, gw - 1)] = val
+    grid, cell = motion_cells(mvs, height, width)
     return np.repeat(np.repeat(grid, cell, axis=0), cell, axis=1)[:height, :width]
+
+
+def motion_cells(mvs: np.ndarray | None, height: int, width: int) -> tuple[np.ndarray, int]:
+    """The offsets of :func:`rasterize_motion_vectors` on their grid of ``cell`` x ``cell`` pixel cells:
+    (grid (GH, GW, 2) int32 as (oy, ox), cell); pixel (y, x) takes ``grid[y // cell, x // cell]``. The
+    cell is the coarsest power of two every block is made of (16 for MPEG-4 without 4MV); the grid has
+    64 pixels of margin beyond the macroblock-aligned frame, where blocks fall outside it."""
+    if mvs is None or not len(mvs):
+        mvs = np.zeros(0, dtype=[(k, "i4") for k in ("source", "w", "h", "dst_x", "dst_y", "motion_x", "motion_y",
+                                                      "motion_scale")])
+    grid, cell = _cells(mvs["source"], mvs["w"], mvs["h"], mvs["dst_x"], mvs["dst_y"], mvs["motion_x"],
+                        mvs["motion_y"], mvs["motion_scale"], height, width)
+    if cell % _CELL:
+        raise ValueError("motion-vector blocks not on a 4-pel grid")
+    return grid, cell
+
+
+@numba.njit(cache=True, nogil=True)
+def _cells(source, bw, bh, dst_x, dst_y, motion_x, motion_y, scale, height, width):  # pragma: no cover
+    """:func:`motion_cells` on the vector fields (past references only, later blocks written last)."""
+    bits = 16
+    for i in range(source.shape[0]):
+        if source[i] < 0:
+            bits |= (dst_x[i] - bw[i] // 2) | (dst_y[i] - bh[i] // 2) | bw[i] | bh[i]
+    cell = bits & -bits
+    gh = (height + 15) // 16 * 16 // cell + 64 // cell
+    gw = (width + 15) // 16 * 16 // cell + 64 // cell
+    grid = np.zeros((gh, gw, 2), np.int32)
+    for i in range(source.shape[0]):
+        if source[i] >= 0:
+            continue
+        oy = np.int32(np.floor(motion_y[i] / np.float64(scale[i]) + 0.5))
+        ox = np.int32(np.floor(motion_x[i] / np.float64(scale[i]) + 0.5))
+        cy = (dst_y[i] - bh[i] // 2) // cell
+        cx = (dst_x[i] - bw[i] // 2) // cell
+        for dy in range(bh[i] // cell):
+            for dx in range(bw[i] // cell):
+                y, x = min(max(cy + dy, 0), gh - 1), min(max(cx + dx, 0), gw - 1)
+                grid[y, x, 0] = oy
+                grid[y, x, 1] = ox
+    return grid, cell
+
+
+@numba.njit(cache=True, nogil=True)
+def _trace(grid, shift, prev, w, out):  # pragma: no cover - compiled
+    """One motion-compensation step composed with the source map ``prev``: for pixel (y, x),
+    ``out[:, y * w + x] = prev[:, q]`` with q the flat index of ``(y, x) + grid[y >> shift, x >> shift]``
+    clipped to the frame. Source maps are (2, H * W) int16: the row and column each pixel comes from."""
+    h = prev.shape[1] // w
+    cell = 1 << shift
+    py, px, qy, qx = prev[0], prev[1], out[0], out[1]
+    for y in range(h):
+        gy = y >> shift
+        row = y * w
+        for gx in range(grid.shape[1]):
+            x0 = gx * cell
+            if x0 >= w:
+                break
+            sy = min(max(y + grid[gy, gx, 0], 0), h - 1) * w
+            ox = grid[gy, gx, 1]
+            for x in range(x0, min(x0 + cell, w)):
+                q = numba.uint64(sy + min(max(x + ox, 0), w - 1))
+                p = numba.uint64(row + x)
+                qy[p] = py[q]
+                qx[p] = px[q]
+
+
+@numba.njit(cache=True, nogil=True)
+def _compensate(src, ref, rgb, w, mv, res):  # pragma: no cover - compiled
+    """For every pixel p = (y, x) with source (sy, sx) = src[:, p]: mv[:, p] = (x - sx, y - sy) and
+    res[:, p] = rgb[p] - ref[sy * w + sx] (RGB, int16); ``ref`` / ``rgb`` are (H * W, 3) uint8."""
+    ref1, rgb1 = ref.reshape(-1), rgb.reshape(-1)
+    sy, sx = src[0], src[1]
+    h = src.shape[1] // w
+    p = numba.uint64(0)
+    for y in range(h):
+        for x in range(w):
+            a, b = sy[p], sx[p]
+            mv[0, p] = x - b
+            mv[1, p] = y - a
+            q = numba.uint64(a * w + b) * numba.uint64(3)
+            r = p * numba.uint64(3)
+            res[0, p] = np.int16(rgb1[r]) - np.int16(ref1[q])
+            res[1, p] = np.int16(rgb1[r + numba.uint64(1)]) - np.int16(ref1[q + numba.uint64(1)])
+            res[2, p] = np.int16(rgb1[r + numba.uint64(2)]) - np.int16(ref1[q + numba.uint64(2)])
+            p += numba.uint64(1)
 
 
 def extract_compressed(
@@ -185,13 +250,14 @@ def extract_compressed(
     rng: np.random.Generator | None = None,
     audio: bool = True,
     audio_embedder=None,
-    seek_gap: int = 12,
+    seek_gap: int | None = None,
 ) -> CompressedClip:
     """Decode what the sampled frames need and return the :class:`CompressedClip` of ``path``.
 
-    Each run of sampled frames is decoded from the key frame before it (a seek when the next sampled
-    frame lies more than ``seek_gap`` frames past the last decoded one), so 8 segments of a long
-    video cost about 8 GOPs of decoding.
+    Each sampled frame is decoded from its GOP's key frame, found in the frame index; the reader seeks
+    there when that key frame lies ahead of what it has read (with ``seek_gap``: only when the frame is
+    also more than ``seek_gap`` frames past the last decoded one), so 8 segments of a long video cost
+    about 8 GOPs of decoding.
 
     Frames are sampled TSN-style (``uniform_indices``: segment centres for test, random for train)
     unless ``indices`` is given. Expects a stream without B-frames (``reencode_mpeg4``); future
@@ -200,27 +266,18 @@ def extract_compressed(
     cached by ``videoformer extract`` (:mod:`videoformer.data.prepare`) next to the video is used when present.
     """
     path = os.fspath(path)
-    info = probe(path)
+    ix = frame_index(path)
     if indices is None:
-        idx = uniform_indices(info.num_frames, num_segments, train=train, rng=rng)
+        idx = uniform_indices(ix.num_frames, num_segments, train=train, rng=rng)
     else:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0 or (idx < 0).any():
             raise ValueError(f"{path}: frame indices must be non-negative and non-empty, got {idx.tolist()}")
-    out, end = _extract_visual(path, sorted(set(idx.tolist())), accumulate, info.height, info.width, seek_gap)
-    missing = sorted(set(idx.tolist()) - set(out))
-    if missing:  # past the real end (over-reported length, clip longer than the video): pad
-        log.warning("%s: frames %s past the end of the stream (%d frames); padded with the last frame",
-                    path, missing[:8], end + 1)
-        if end not in out:
-            out.update(_extract_visual(path, [end], accumulate, info.height, info.width, seek_gap)[0])
-        for m in missing:
-            out[m] = out[end]
-    iframe = np.stack([out[k][0] for k in idx.tolist()])
-    mv = np.stack([out[k][1] for k in idx.tolist()])
-    res = np.stack([out[k][2] for k in idx.tolist()])
-    refs = np.array([out[k][3] for k in idx.tolist()], dtype=np.int64)
-    emb, logmel, has_audio = _audio(path, idx, info.fps, audio and info.has_audio, audio_embedder, info.has_audio)
+    iframe, mv, res, refs = _with_index_retry(path, lambda: _extract_visual(path, idx, accumulate, seek_gap))
+    ix = frame_index(path)
+    info = ix.info()
+    emb, logmel, has_audio = _audio(path, ix.times(idx), ix.start_time, audio and info.has_audio,
+                                    audio_embedder, info.has_audio)
     return CompressedClip(
         iframe=iframe, mv=mv, residual=res,
         frame_indices=idx, reference_indices=refs, has_audio=has_audio, audio=emb, audio_logmel=logmel,
@@ -228,139 +285,121 @@ def extract_compressed(
     )
 
 
-def _runs(wanted: list[int], gap: int, accumulate: bool) -> list[tuple[int, int]]:
-    """(first frame needed, last wanted) per run; without accumulation a frame also needs its predecessor."""
-    runs: list[tuple[int, int]] = []
-    for i in wanted:
-        first = i if accumulate else max(i - 1, 0)
-        if runs and first - runs[-1][1] <= gap:
-            runs[-1] = (runs[-1][0], i)
-        else:
-            runs.append((first, i))
-    return runs
-
-
-class _Grid:
-    """Flat pixel bookkeeping: index = y * W + x."""
+class _SourceMaps:
+    """Where each pixel of an H x W frame comes from, as (2, H * W) int16 (row, column) maps, with
+    reused buffers: ``identity`` and the maps ``trace`` returns (two alternate, so a map can be
+    composed with the previous one)."""
 
     def __init__(self, h: int, w: int) -> None:
         self.h, self.w = h, w
-        self.flat = np.arange(h * w, dtype=np.int32)
-        self.ys, self.xs = self.flat // w, self.flat % w
+        self.identity = np.stack(np.divmod(np.arange(h * w), w)).astype(np.int16)
+        self._buffers = [np.empty_like(self.identity) for _ in range(3)]
 
-    def sources(self, step: np.ndarray) -> np.ndarray:
-        """Flat source index of every pixel for per-pixel offsets ``step`` (H, W, 2) = (oy, ox), clipped."""
-        sy = np.clip(self.ys + step[..., 0].reshape(-1), 0, self.h - 1)
-        sx = np.clip(self.xs + step[..., 1].reshape(-1), 0, self.w - 1)
-        return sy * self.w + sx
-
-    def mv(self, src: np.ndarray) -> np.ndarray:
-        """(2, H, W) int16 (dx, dy) = position - source."""
-        sy, sx = np.divmod(src, self.w)
-        out = np.empty((2, self.h * self.w), dtype=np.int16)
-        np.subtract(self.xs, sx, out=out[0], casting="unsafe")
-        np.subtract(self.ys, sy, out=out[1], casting="unsafe")
-        return out.reshape(2, self.h, self.w)
-
-    def residual(self, rgb: np.ndarray, ref: np.ndarray, src: np.ndarray) -> np.ndarray:
-        """(3, H, W) int16 rgb - ref[source], both given planar (3, H * W) uint8."""
-        out = np.subtract(rgb, np.take(ref, src, axis=1), dtype=np.int16)
-        return out.reshape(3, self.h, self.w)
+    def trace(self, mvs: np.ndarray | None, prev: np.ndarray) -> np.ndarray:
+        """``prev`` composed with one frame's motion-compensation step (``mvs``: its FFmpeg vectors)."""
+        grid, cell = motion_cells(mvs, self.h, self.w)
+        out = next(b for b in self._buffers if b is not prev)
+        self._buffers.remove(out)
+        self._buffers.append(out)  # least recently handed out first
+        _trace(grid, cell.bit_length() - 1, prev, self.w, out)
+        return out
 
 
-def _planar(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) -> contiguous (3, H * W)."""
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1)).reshape(3, -1)
+def _extract_visual(path: str, idx: np.ndarray, accumulate: bool, seek_gap: int | None):
+    """(iframe, mv, residual, reference index) of every sampled frame, stacked as ``idx`` asks.
 
-
-def _extract_visual(path: str, wanted: list[int], accumulate: bool, h: int, w: int, seek_gap: int,
-                    use_seek: bool = True):
-    """Per wanted index: (iframe (3, H, W) uint8, mv (2, H, W), residual (3, H, W), reference index).
-
-    Returns that dict and the largest frame index decoded. Falls back to one pass from the start
-    when a seek lands after the wanted frame or off a key frame (imprecise demuxers).
+    Frames come from the shared :class:`~videoformer.data.video.FrameReader` (the frame index tells where
+    each GOP starts); every frame from a GOP's key frame to a sampled one is decoded, since the motion of
+    each one is chained.
     """
-    if use_seek:
-        try:
-            return _extract_visual(path, wanted, accumulate, h, w, seek_gap, use_seek=None)
-        except _Reseek:
-            log.info("%s: imprecise seek; decoding from the start", path)
-            return _extract_visual(path, wanted, accumulate, h, w, seek_gap, use_seek=False)
-    seeking = use_seek is None
-    grid = _Grid(h, w)
-    out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
-    wanted_set = set(wanted)
-    end = -1
-    warned_b = False
-    with open_video(path) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.options = {"flags2": "+export_mvs"}
-        fps, tb = stream.average_rate or stream.guessed_rate, stream.time_base
-        start = stream.start_time or 0
-        by_count = fps is None or tb is None  # no timestamps: index frames by counting
-        runs = _runs(wanted, seek_gap, accumulate) if seeking and not by_count else [(0, wanted[-1])]
-        for first, last in runs:
-            if seeking and first > 0:
-                try:
-                    container.seek(start + int(first / fps / tb), backward=True, any_frame=False, stream=stream)
-                except av.FFmpegError as e:
-                    raise _Reseek() from e
-            iframe, iframe_idx, src, prev, counter, started = None, -1, grid.flat, None, 0, False
-            for frame in _decode_from(container, stream, path):
-                i = counter if (by_count or frame.pts is None) else int(round(float((frame.pts - start) * tb * fps)))
-                counter = i + 1
-                intra = frame.key_frame or frame.pict_type == av.video.frame.PictureType.I
-                if not started:
-                    if seeking and (i > first or not intra):  # imprecise seek: redo from the start
-                        raise _Reseek()
-                    started = True
-                end = max(end, i)
-                if i > last:
-                    break
-                if frame.pict_type == av.video.frame.PictureType.B and not warned_b:
-                    log.warning("%s: B-frames found; future references ignored (re-encode with reencode_mpeg4)", path)
-                    warned_b = True
-                need_rgb = intra or i in wanted_set or (i + 1) in wanted_set
-                rgb = _planar(to_rgb(frame)) if need_rgb else None
-                if intra:
-                    iframe, iframe_idx, step_src = rgb, i, grid.flat
-                    src = grid.flat
+    with FrameReader(path, options={"flags2": "+export_mvs"}) as reader:
+        ix = reader.index
+        h, w = ix.height, ix.width
+        if ix.rotation:
+            log.warning("%s: display rotation %d ignored in the compressed domain (reencode_mpeg4 applies it)",
+                        path, ix.rotation)
+        wanted = _plan(path, idx, ix.num_frames)
+        need = sorted(set(wanted) | (set() if accumulate else {max(i - 1, 0) for i in wanted}))
+        slots: dict[int, list[int]] = {}
+        for k, i in enumerate(np.minimum(idx, ix.num_frames - 1).tolist()):
+            slots.setdefault(i, []).append(k)
+        t = len(idx)
+        iframe = np.empty((t, 3, h, w), np.uint8)
+        mv = np.empty((t, 2, h, w), np.int16)
+        res = np.empty((t, 3, h, w), np.int16)
+        refs = np.zeros(t, np.int64)
+        done: set[int] = set()
+        maps = _SourceMaps(h, w)
+        key_rgb = key_planar = None
+        key_idx, src, prev_rgb, prev_i, warned_b = -1, maps.identity, None, -1, False
+        for i, frame in reader.frames(need, skip_unwanted=False, max_gap=seek_gap):
+            if (frame.width, frame.height) != (w, h):
+                raise VideoReadError(path, f"resolution changes mid-stream ({frame.width}x{frame.height} at frame "
+                                           f"{i}, first frame {w}x{h}); re-encode it with reencode_mpeg4")
+            intra = frame.key_frame or frame.pict_type == av.video.frame.PictureType.I
+            if not intra and i != prev_i + 1:
+                raise VideoReadError(path, f"frame {i}: the frames it references were not decoded (damaged stream?)")
+            if frame.pict_type == av.video.frame.PictureType.B and not warned_b:
+                log.warning("%s: B-frames found; future references ignored (re-encode with reencode_mpeg4)", path)
+                warned_b = True
+            sampled = i in slots
+            rgb = to_rgb(frame).reshape(-1, 3) if intra or sampled or (i + 1) in slots else None
+            if intra:
+                key_rgb, key_planar, key_idx, src, step = rgb, None, i, maps.identity, maps.identity
+            else:
+                sd = frame.side_data.get("MOTION_VECTORS")
+                mvs = sd.to_ndarray() if sd is not None else None
+                if accumulate:
+                    src = maps.trace(mvs, src)
                 else:
-                    sd = frame.side_data.get("MOTION_VECTORS")
-                    step_src = grid.sources(rasterize_motion_vectors(sd.to_ndarray() if sd is not None else None, h, w))
-                    if accumulate:
-                        src = src[step_src]
-                if i in wanted_set and i not in out:
-                    if iframe is None:
-                        raise VideoReadError(path, f"frame {i} precedes the first I-frame")
-                    if accumulate:
-                        ref, s_, ref_idx = iframe, src, iframe_idx
-                    elif prev is None:  # the stream's first frame: its own reference
-                        ref, s_, ref_idx = rgb, grid.flat, i
-                    else:
-                        ref, s_, ref_idx = prev, step_src, i - 1
-                    out[i] = (iframe.reshape(3, h, w), grid.mv(s_),
-                              grid.residual(rgb, ref, s_), ref_idx)
-                prev = rgb
-    return out, end
+                    step = maps.trace(mvs, maps.identity)
+            if sampled:
+                if key_rgb is None:
+                    raise VideoReadError(path, f"frame {i} precedes the first I-frame")
+                if accumulate:
+                    ref, s_, ref_idx = key_rgb, src, key_idx
+                elif prev_rgb is None or prev_i != i - 1:  # the stream's first frame: its own reference
+                    ref, s_, ref_idx = rgb, maps.identity, i
+                else:
+                    ref, s_, ref_idx = prev_rgb, step, i - 1
+                if key_planar is None:
+                    key_planar = np.ascontiguousarray(key_rgb.T).reshape(3, h, w)
+                k0, *more = slots[i]
+                iframe[k0] = key_planar
+                _compensate(s_, ref, rgb, w, mv[k0].reshape(2, -1), res[k0].reshape(3, -1))
+                refs[k0] = ref_idx
+                for k in more:
+                    iframe[k], mv[k], res[k], refs[k] = iframe[k0], mv[k0], res[k0], ref_idx
+                done.add(i)
+            prev_rgb, prev_i = rgb, i
+    missing = sorted(set(slots) - done)
+    if missing:  # the decoder produced no such frame (truncated stream): pad with the nearest earlier one
+        if not done:
+            raise VideoReadError(path, "no frame could be decoded")
+        log.warning("%s: frames %s could not be decoded; padded with the nearest earlier frame", path, missing[:8])
+        have = sorted(done)
+        for i in missing:
+            j = have[max(np.searchsorted(have, i, side="right") - 1, 0)]
+            for k in slots[i]:
+                k0 = slots[j][0]
+                iframe[k], mv[k], res[k], refs[k] = iframe[k0], mv[k0], res[k0], refs[k0]
+    return iframe, mv, res, refs
 
 
-class _Reseek(Exception):
-    """The seek landed after the wanted frame or not on a key frame."""
-
-
-def _audio(path: str, idx: np.ndarray, fps: float, enabled: bool, embedder, has_audio: bool):
+def _audio(path: str, times: np.ndarray, video_start: float, enabled: bool, embedder, has_audio: bool):
+    """Audio of each sampled frame; ``times``: the frames' presentation times in seconds after frame 0,
+    whose own timestamp is ``video_start``."""
     from videoformer.data import audio as audio_mod
     from videoformer.data.prepare import cached_logmel
 
-    t = len(idx)
+    t = len(times)
     if not enabled:
         return np.zeros((t, 128), np.float32), None, has_audio
     cached = cached_logmel(path)  # written by `videoformer extract`: no audio decoding per sample
     if cached is not None:
-        feats = audio_mod.examples_at(cached[0], idx / fps - cached[1])
+        feats = audio_mod.examples_at(cached[0], times - cached[1])
     else:
-        feats = audio_mod.frame_aligned_logmel(path, idx / fps)
+        feats = audio_mod.frame_aligned_logmel(path, times, video_start)
     if feats is None:
         return np.zeros((t, 128), np.float32), None, False
     embedder = embedder or audio_mod.default_embedder()

@@ -22,7 +22,7 @@ from videoformer.data.compressed import extract_compressed
 from videoformer.data.errors import VideoReadError
 from videoformer.data.prepare import verify_cached
 from videoformer.data.sampling import dense_indices, uniform_indices
-from videoformer.data.video import probe, read_clip
+from videoformer.data.video import FrameIndex, frame_index, read_clip
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,16 @@ class _SkippingDataset(Dataset):
         raise DatasetFailure(f"no readable sample among {n} records; last error: {self.stats.last_error}")
 
 
-def _frame_range(record: VideoRecord, num_frames: int, fps: float) -> tuple[int, int]:
-    """[first, stop) frames of the record's segment within the video."""
+def _frame_range(record: VideoRecord, index: FrameIndex) -> tuple[int, int]:
+    """[first, stop) frames of the record's segment within the video (times in seconds map to the
+    frames shown then, by presentation timestamps)."""
+    num_frames = index.num_frames
     lo, hi = 0, num_frames
     if record.start_frame is not None:
         lo, hi = record.start_frame, record.stop_frame if record.stop_frame is not None else num_frames
     elif record.start is not None:
-        lo = int(round(record.start * fps))
-        hi = int(round(record.end * fps)) if record.end is not None else num_frames
+        lo = int(index.index_at(record.start))
+        hi = int(index.index_at(record.end)) if record.end is not None else num_frames
     lo, hi = max(0, min(lo, num_frames - 1)), max(1, min(hi, num_frames))
     return lo, max(hi, lo + 1)
 
@@ -140,8 +142,7 @@ class VideoDataset(_SkippingDataset):
                              1 if self.train else self.num_clips, self.overflow)
 
     def _load(self, record: VideoRecord, rng: np.random.Generator):
-        info = probe(record.path)
-        lo, hi = _frame_range(record, info.num_frames, info.fps)
+        lo, hi = _frame_range(record, frame_index(record.path))  # cached: the file is opened once, by read_clip
         clips = 1 if self.train else self.num_clips
         idx = np.stack([lo + self.clip_indices(hi - lo, rng, k) for k in range(clips)])  # (K, T)
         frames = torch.from_numpy(read_clip(record.path, idx.reshape(-1), short_side=self.short_side))  # (K*T, H, W, 3)
@@ -170,8 +171,7 @@ class CompressedVideoDataset(_SkippingDataset):
         self.transform, self.audio, self.audio_weights = transform, audio, audio_weights
 
     def _load(self, record: VideoRecord, rng: np.random.Generator):
-        info = probe(record.path)
-        lo, hi = _frame_range(record, info.num_frames, info.fps)
+        lo, hi = _frame_range(record, frame_index(record.path))
         idx = lo + uniform_indices(hi - lo, self.num_segments, self.train, rng)
         embedder = None
         if self.audio:

@@ -8,7 +8,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
-__all__ = ["write_video", "moving_square_frames", "tone"]
+__all__ = ["write_video", "moving_square_frames", "tone", "barcode_frames", "read_barcode", "remux_trimmed",
+           "write_with_cover", "write_resolution_change"]
 
 
 def write_video(
@@ -22,11 +23,15 @@ def write_video(
     sample_rate: int = 16000,
     options: dict[str, str] | None = None,
     bit_rate: int | None = None,
+    pts_ms: np.ndarray | None = None,
+    rotation: int = 0,
 ) -> str:
     """Encode uint8 RGB ``frames`` (T, H, W, 3) to ``path``; optional mono float ``audio`` in [-1, 1].
 
     The container follows the extension (.mp4, .mkv, .avi, .webm, ...). Even sizes are required by
-    4:2:0 codecs. Audio is encoded with AAC (Opus for .webm).
+    4:2:0 codecs. Audio is encoded with AAC (Opus for .webm). ``pts_ms``: explicit presentation times in
+    milliseconds (variable frame rate); ``rotation``: a display matrix rotating the picture
+    counter-clockwise by that many degrees when shown.
     """
     path = os.fspath(path)
     frames = np.asarray(frames)
@@ -36,6 +41,10 @@ def write_video(
     with av.open(path, mode="w") as out:
         vs = out.add_stream(codec, rate=Fraction(fps))
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        if pts_ms is not None:
+            vs.codec_context.time_base = Fraction(1, 1000)
+        if rotation:
+            vs.set_display_rotation(rotation)
         vs.codec_context.gop_size = gop
         vs.codec_context.max_b_frames = max_b_frames
         if bit_rate:
@@ -49,7 +58,9 @@ def write_video(
             as_ = out.add_stream(acodec, rate=rate, layout="mono")
         for i, img in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
+            frame.pts = i if pts_ms is None else int(pts_ms[i])
+            if pts_ms is not None:
+                frame.time_base = Fraction(1, 1000)
             for packet in vs.encode(frame):
                 out.mux(packet)
         for packet in vs.encode():
@@ -95,3 +106,104 @@ def tone(seconds: float, sample_rate: int = 16000, freq: float = 440.0) -> np.nd
     """A mono sine tone at 0.5 amplitude, float32."""
     n = int(round(seconds * sample_rate))
     return (0.5 * np.sin(2 * np.pi * freq * np.arange(n) / sample_rate)).astype(np.float32)
+
+
+def barcode_frames(t: int, h: int = 64, w: int = 96, bits: int = 16, seed: int = 0) -> np.ndarray:
+    """Frames that carry their own index ``i``: ``bits`` black / white stripes (bit b of i, least
+    significant on the left) across the top third, over a texture moving 3 px right per frame. Survives
+    lossy codecs and scaling; :func:`read_barcode` reads it back (upright frames only)."""
+    rng = np.random.default_rng(seed)
+    tex = rng.integers(40, 216, size=(h, w + 3 * t, 3), dtype=np.uint8)
+    out = np.empty((t, h, w, 3), dtype=np.uint8)
+    band, stripe = h // 3, w // bits
+    for i in range(t):
+        out[i] = tex[:, 3 * i : 3 * i + w]
+        for b in range(bits):
+            out[i, :band, b * stripe : (b + 1) * stripe] = 255 if (i >> b) & 1 else 0
+    return out
+
+
+def read_barcode(frame: np.ndarray, bits: int = 16) -> int:
+    """The index :func:`barcode_frames` drew into an (H, W, 3) frame (any size: read at stripe centres)."""
+    h, w = frame.shape[:2]
+    y, stripe = h // 6, w / bits
+    luma = frame[max(y - 1, 0) : y + 2].astype(np.float32).mean(axis=(0, 2))
+    return sum(int(luma[int((b + 0.5) * stripe)] > 127) << b for b in range(bits))
+
+
+def remux_trimmed(src: str | os.PathLike, dst: str | os.PathLike, start: int) -> str:
+    """Copy ``src``'s video packets into an MP4 that starts at frame ``start`` without re-encoding, as
+    ``ffmpeg -ss T -c copy`` does: the GOP holding ``start`` is kept whole and an edit list hides its
+    first frames (the demuxer marks their packets discarded). ``src``: a constant-rate MP4."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    with av.open(src) as inp, av.open(dst, "w") as out:
+        s = inp.streams.video[0]
+        o = out.add_stream_from_template(s)
+        step = int(round(1 / (s.average_rate * s.time_base)))
+        packets = [p for p in inp.demux(s) if p.size]
+        keys = [p.pts for p in packets if p.is_keyframe and p.pts <= start * step]
+        begin = next(i for i, p in enumerate(packets) if p.is_keyframe and p.pts == max(keys))
+        for p in packets[begin:]:
+            p.pts -= start * step
+            p.dts -= start * step
+            p.stream = o
+            out.mux(p)
+    return dst
+
+
+def write_with_cover(path: str | os.PathLike, frames: np.ndarray, fps: int = 25, gop: int = 12) -> str:
+    """A file whose *first* video stream is a one-frame MJPEG cover picture (grey), then the H.264 video
+    of ``frames``. In an MP4 the cover is marked as an attached picture (disposition); Matroska keeps it
+    as a one-frame track."""
+    path = os.fspath(path)
+    _, h, w, _ = np.asarray(frames).shape
+    with av.open(path, mode="w") as out:
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
+        if path.endswith(".mp4"):
+            cover.disposition = av.stream.Disposition.attached_pic
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.codec_context.gop_size = gop
+        pic = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 128, np.uint8), format="rgb24")
+        pic = pic.reformat(format="yuvj420p")
+        pic.pts = 0
+        for packet in [*cover.encode(pic), *cover.encode()]:
+            out.mux(packet)
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            for packet in vs.encode(frame):
+                out.mux(packet)
+        for packet in vs.encode():
+            out.mux(packet)
+    return path
+
+
+def write_resolution_change(path: str | os.PathLike, parts: list[np.ndarray], fps: int = 25, gop: int = 10) -> str:
+    """An MPEG-TS H.264 stream whose resolution changes between ``parts`` (each (T, H, W, 3) uint8): one
+    encoder per part, packets muxed into one stream (the new size travels in-band, as in broadcast
+    captures); the stream header tells the first part's size."""
+    path = os.fspath(path)
+    with av.open(path, mode="w", format="mpegts") as out:
+        stream = None
+        offset = 0
+        for frames in parts:
+            _, h, w, _ = frames.shape
+            enc = av.CodecContext.create("libx264", "w")
+            enc.width, enc.height, enc.pix_fmt = w, h, "yuv420p"
+            enc.time_base, enc.framerate, enc.gop_size, enc.max_b_frames = Fraction(1, fps), Fraction(fps), gop, 0
+            if stream is None:
+                stream = out.add_stream("libx264", rate=fps)
+                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            packets = []
+            for i, img in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+                frame.pts, frame.time_base = offset + i, Fraction(1, fps)
+                packets += enc.encode(frame)
+            packets += enc.encode(None)
+            for p in packets:
+                p.stream, p.time_base = stream, Fraction(1, fps)
+                out.mux(p)
+            offset += len(frames)
+    return path
