@@ -1,7 +1,10 @@
 """The one attention core: scaled dot-product attention over any subset of the grid axes.
 
 ``attend`` holds the single call site of ``F.scaled_dot_product_attention`` in the library, with a manual
-(math) path selectable for tests (:func:`fused_attention`). ``AxisAttention`` is multi-head self-attention
+(math) path selectable for tests (:func:`fused_attention`). Inference in bf16 / fp16 on the CPU takes a
+chunked math path instead of SDPA (:func:`_attend_cpu_half`): PyTorch's CPU flash kernel computes in fp32 and
+is 2-2.5× slower there than bf16 matmuls + softmax, on TimeSformer's 8-frame temporal sequences and on
+ViViT's 3137-token ones alike (``benchmarks/README.md``). ``AxisAttention`` is multi-head self-attention
 (ViViT Eq. 7) whose head groups each attend over a :class:`~videoformer.layers.grid.Grouping` of the grid;
 one head group over all axes is joint attention, one over ``(h, w)`` is spatial attention, two groups with
 ``(h, w)`` and ``(t,)`` is ViViT model 4 (factorised dot-product attention).
@@ -44,9 +47,41 @@ def record_attention(callback: Callable[[torch.Tensor], None]) -> Iterator[None]
         _RECORDERS.remove(callback)
 
 
+_HALF = (torch.bfloat16, torch.float16)
+_SCORE_BYTES = 1 << 24  # score-tensor budget of one chunk of the CPU half-precision path
+
+
+def _cpu_half_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.dtype | None:
+    """The bf16 / fp16 dtype an inference-only CPU attention call computes in (inputs or autocast), else None."""
+    if q.device.type != "cpu" or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return None
+    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in _HALF:
+        return torch.get_autocast_dtype("cpu")
+    return q.dtype if q.dtype in _HALF and k.dtype == v.dtype == q.dtype else None
+
+
+def _attend_cpu_half(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """softmax(Q Kᵀ / √d_k) V as bf16 / fp16 batched matmuls (fp32 accumulation inside the GEMM) and a
+    softmax, over chunks of the ``B·heads`` sequences whose scores fit :data:`_SCORE_BYTES`."""
+    lead, (lq, d), lk = q.shape[:-2], q.shape[-2:], k.shape[-2]
+    q = (q.to(dtype) * d ** -0.5).reshape(-1, lq, d)
+    k, v = k.to(dtype).reshape(-1, lk, d), v.to(dtype).reshape(-1, lk, v.shape[-1])
+    out = q.new_empty(q.shape[0], lq, v.shape[-1])
+    step = max(1, _SCORE_BYTES // (lq * lk * q.element_size()))
+    for i in range(0, q.shape[0], step):
+        weights = torch.bmm(q[i : i + step], k[i : i + step].transpose(1, 2)).softmax(dim=-1)
+        weights = F.dropout(weights, p=dropout_p) if dropout_p else weights
+        torch.bmm(weights, v[i : i + step], out=out[i : i + step])
+    return out.reshape(*lead, lq, v.shape[-1])
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(Q Kᵀ / √d_k) V (ViViT Eq. 7) on ``(B, heads, L, d)`` tensors."""
     if _FUSED and not _RECORDERS:
+        half = _cpu_half_dtype(q, k, v)
+        if half is not None:
+            return _attend_cpu_half(q, k, v, dropout_p, half)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     weights = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
     for callback in _RECORDERS:
@@ -69,7 +104,8 @@ class AxisAttention(nn.Module):
             are averaged over the sequences (TimeSformer spatial attention; exact joint attention when there is
             a single sequence). ``"exclude"``: prefix tokens are left untouched (TimeSformer temporal attention).
         extra_proj: add a second ``d×d`` projection after the output projection (the ``temporal_fc`` of
-            TimeSformer's divided attention, zero-initialisable so the block starts as the image ViT).
+            TimeSformer's divided attention, zero-initialisable so the block starts as the image ViT). In eval
+            mode without autograd the two run as one linear layer (:meth:`folded_proj`).
     """
 
     def __init__(
@@ -94,6 +130,28 @@ class AxisAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.fc = nn.Linear(dim, dim) if extra_proj else None
         self.attn_drop, self.proj_drop = attn_drop, nn.Dropout(proj_drop)
+        self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # cache of folded_proj
+
+    def folded_proj(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``fc ∘ proj`` as one linear layer: ``W = W_fc W_proj``, ``b = W_fc b_proj + b_fc``; cached until a
+        weight changes (in place: its version counter; replaced or moved: its storage)."""
+        tensors = (self.proj.weight, self.proj.bias, self.fc.weight, self.fc.bias)
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        if self._folded is None or self._folded[0] != key:
+            with torch.no_grad():
+                weight = self.fc.weight @ self.proj.weight
+                bias = torch.addmv(self.fc.bias, self.fc.weight, self.proj.bias)
+            self._folded = key, weight, bias
+        return self._folded[1], self._folded[2]
+
+    def _project(self, out: torch.Tensor) -> torch.Tensor:
+        """Output projection (and the extra one). Folded in eval mode without autograd, unless a dispatch mode
+        (the MAC counter, ``FlopCounterMode``, tracing) watches the ops: it sees the model as defined."""
+        if self.fc is None:
+            return self.proj_drop(self.proj(out))
+        if self.training or torch.is_grad_enabled() or torch._C._len_torch_dispatch_stack():
+            return self.fc(self.proj_drop(self.proj(out)))
+        return F.linear(out, *self.folded_proj())
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, groupings={self.groupings}, prefix={self.prefix}"
@@ -124,9 +182,7 @@ class AxisAttention(nn.Module):
         qkv = rearrange(self.qkv(x), "b n (three k d) -> b n three k d", three=3, d=self.head_dim)
         heads = qkv.chunk(len(self.groupings), dim=3)
         out = torch.cat([self._attend_group(h, grid, g) for h, g in zip(heads, self.groupings)], dim=-1)
-        out = self.proj_drop(self.proj(out))
-        if self.fc is not None:
-            out = self.fc(out)
+        out = self._project(out)
         if keep is not None:  # prefix tokens receive no update
             out = torch.cat([torch.zeros_like(keep), out], dim=1)
         return out

@@ -1,0 +1,101 @@
+"""Inference-only execution paths: the TimeSformer ``temporal_fc`` fold and the CPU bf16 / fp16 attention path
+give the model as defined (to rounding), and nothing that counts or saves the model sees them."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from videoformer.analysis import count_macs
+from videoformer.layers import AxisAttention, attend, fused_attention
+from videoformer.layers import attention as attention_module
+from videoformer.models import create_model
+
+NAME = "timesformer_tiny_divided"
+
+
+def clip(b: int = 2) -> torch.Tensor:
+    return torch.randn(b, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def extra_projections(model: torch.nn.Module) -> list[AxisAttention]:
+    return [m for m in model.modules() if isinstance(m, AxisAttention) and m.fc is not None]
+
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Non-zero weights everywhere (``temporal_fc`` starts at zero, which would hide a wrong fold)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+
+
+def test_folded_temporal_fc_equals_unfolded() -> None:
+    model = create_model(NAME).eval()
+    randomize(model, 0)
+    x = clip()
+    with torch.enable_grad():  # autograd on: the two projections run as defined
+        unfolded = model(x).detach()
+    with torch.no_grad():
+        folded = model(x)
+    assert all(m._folded is not None for m in extra_projections(model))  # the fold did run
+    torch.testing.assert_close(folded, unfolded, atol=1e-5, rtol=1e-5)
+
+
+def test_fold_follows_weight_changes() -> None:
+    model = create_model(NAME).eval()
+    randomize(model, 0)
+    x = clip()
+    with torch.no_grad():
+        before = model(x)
+        randomize(model, 1)  # in place, as load_state_dict and optimisers do
+        after = model(x)
+        fresh = create_model(NAME).eval()
+        fresh.load_state_dict(model.state_dict())
+        with torch.enable_grad():
+            expected = fresh(x).detach()
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-5)
+    attn = extra_projections(model)[0]
+    attn.fc.weight = torch.nn.Parameter(torch.zeros_like(attn.fc.weight))  # replaced, not modified in place
+    weight, bias = attn.folded_proj()
+    assert not weight.any() and torch.equal(bias, attn.fc.bias.detach())
+
+
+def test_fold_changes_neither_state_dict_nor_mac_count() -> None:
+    model = create_model(NAME).eval()
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        model(clip())
+    assert list(model.state_dict()) == keys
+    with torch.device("meta"):
+        meta = create_model(NAME)
+    assert count_macs(model, (3, 4, 32, 32)).macs == count_macs(meta, (3, 4, 32, 32)).macs
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 16), (1, 2, 40, 8)])
+def test_cpu_half_attention_matches_fp32(dtype: torch.dtype, shape: tuple[int, ...], monkeypatch) -> None:
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(shape, generator=gen) for _ in range(3))
+    reference = F.scaled_dot_product_attention(q, k, v)
+    with torch.no_grad():
+        half = attend(*(t.to(dtype) for t in (q, k, v)))
+        with torch.autocast("cpu", dtype=dtype):  # fp32 inputs, the autocast dtype decides
+            autocast = attend(q, k, v)
+        monkeypatch.setattr(attention_module, "_SCORE_BYTES", 1)  # one sequence per chunk
+        chunked = attend(*(t.to(dtype) for t in (q, k, v)))
+        with fused_attention(False):
+            manual = attend(*(t.to(dtype) for t in (q, k, v)))
+    assert half.dtype == autocast.dtype == dtype and half.shape == reference.shape
+    tol = 2e-2 if dtype == torch.bfloat16 else 2e-3
+    for out in (half, autocast, chunked, manual):
+        torch.testing.assert_close(out.float(), reference, atol=tol, rtol=tol)
+    torch.testing.assert_close(chunked, half, atol=0, rtol=0)
+
+
+def test_training_keeps_sdpa_gradients() -> None:
+    """With autograd the CPU half path is not taken: bf16 gradients flow through SDPA as before."""
+    q, k, v = (torch.randn(1, 2, 6, 8, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    attend(q, k, v).float().sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
