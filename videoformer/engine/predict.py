@@ -21,7 +21,7 @@ from .checkpoint import checkpoint_path
 from .config import Config, ConfigError, apply_override, config_from_dict, validate
 from .data import EvalItems, check_labels, read_split, video_dataset
 from .distributed import pick_device
-from .evaluate import EvalResult, EvaluationError, check_scores, evaluate, predict_scores
+from .evaluate import EvalResult, EvaluationError, check_scores, eval_precision, evaluate, predict_scores
 from .model import LEGACY_PREPROCESSING, build_model, record_model, resolve_preprocessing
 
 
@@ -105,8 +105,8 @@ def evaluate_run(run: LoadedRun, num_clips: int | None = None, num_crops: int | 
     ann = read_split(cfg.data, "val", run.classes if isinstance(run.classes, list) else None)
     check_labels(ann, run.heads, "val")
     dataset = video_dataset(cfg, ann.records, run.model, train=False, num_clips=k, num_crops=s)
-    result = evaluate(run.model, dataset, run.heads, k, s, cfg.eval.batch_size, run.device, cfg.train.precision,
-                      shuffle_seed, cfg.data.num_workers, progress, source=run.source)
+    precision = eval_precision(cfg, run.device)
+    result = evaluate(run.model, dataset, run.heads, k, s, cfg.eval.batch_size, run.device, precision, shuffle_seed, cfg.data.num_workers, progress, source=run.source)
     result.skipped += ann.missing
     return result
 
@@ -118,6 +118,7 @@ def predict_files(run: LoadedRun, paths: Sequence[str], num_clips: int | None = 
     inf (never printed as scores)."""
     cfg = run.cfg
     k, s = num_clips or cfg.eval.num_clips, num_crops or cfg.eval.num_crops
+    precision = eval_precision(cfg, run.device)
     labels = tuple(-1 for _ in run.heads) if len(run.heads) > 1 else -1
     records = [VideoRecord(os.fspath(p), labels) for p in paths]
     items = EvalItems(video_dataset(cfg, records, run.model, train=False, num_clips=k, num_crops=s), k * s)
@@ -131,7 +132,7 @@ def predict_files(run: LoadedRun, paths: Sequence[str], num_clips: int | None = 
             out.append({"path": str(path), "error": error})
             continue
         batch = {m: v[None] for m, v in views.items()} if isinstance(views, dict) else views[None]
-        scores = predict_scores(run.model, batch, run.heads, run.device, cfg.train.precision)
+        scores = predict_scores(run.model, batch, run.heads, run.device, precision)
         try:
             check_scores(scores, [str(path)], run.source)
         except EvaluationError as err:

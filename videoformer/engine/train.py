@@ -40,7 +40,7 @@ from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkp
 from .config import Config, ConfigError
 from .data import CountingDataset, check_labels, collate_counted, head_sizes, read_split, video_dataset
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
-from .evaluate import EvaluationError, autocast, evaluate, split_heads, to_device
+from .evaluate import EvaluationError, autocast, eval_precision, evaluate, split_heads, to_device
 from .model import freeze, pretrained_model
 from .report import TensorBoard, plot_confusion, plot_curves
 from .schedules import LRSchedule
@@ -400,7 +400,8 @@ class Trainer:
             if self.dist.is_main:
                 try:
                     res = evaluate(self.model, self.setup.val_set, self.setup.heads, self.cfg.eval.num_clips,
-                                   self.cfg.eval.num_crops, self.cfg.eval.batch_size, self.dist.device, t.precision,
+                                   self.cfg.eval.num_crops, self.cfg.eval.batch_size, self.dist.device,
+                                   eval_precision(self.cfg, self.dist.device),
                                    num_workers=self.cfg.data.num_workers, progress=t.progress)
                 except EvaluationError as err:
                     failure, top1[1] = err, 1.0
