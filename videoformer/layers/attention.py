@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from .grid import Grid, Grouping
+from .linear import apply_linear, derived, linear
 
 _FUSED = True
 _RECORDERS: list[Callable[[torch.Tensor], None]] = []
@@ -131,28 +132,22 @@ class AxisAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.fc = nn.Linear(dim, dim) if extra_proj else None
         self.attn_drop, self.proj_drop = attn_drop, nn.Dropout(proj_drop)
-        self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # cache of folded_proj
 
     def folded_proj(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``fc ∘ proj`` as one linear layer: ``W = W_fc W_proj``, ``b = W_fc b_proj + b_fc``; cached until a
-        weight changes (in place: its version counter; replaced or moved: its storage)."""
-        tensors = (self.proj.weight, self.proj.bias, self.fc.weight, self.fc.bias)
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-        if self._folded is None or self._folded[0] != key:
-            with torch.no_grad():
-                weight = self.fc.weight @ self.proj.weight
-                bias = torch.addmv(self.fc.bias, self.fc.weight, self.proj.bias)
-            self._folded = key, weight, bias
-        return self._folded[1], self._folded[2]
+        weight changes (:func:`~videoformer.layers.linear.derived`)."""
+        return derived(self, "fold", (self.proj.weight, self.proj.bias, self.fc.weight, self.fc.bias),
+                       lambda: (self.fc.weight @ self.proj.weight,
+                                torch.addmv(self.fc.bias, self.fc.weight, self.proj.bias)))
 
     def _project(self, out: torch.Tensor) -> torch.Tensor:
         """Output projection (and the extra one). Folded in eval mode without autograd, unless a dispatch mode
         (the MAC counter, ``FlopCounterMode``, tracing) watches the ops: it sees the model as defined."""
         if self.fc is None:
-            return self.proj_drop(self.proj(out))
+            return self.proj_drop(apply_linear(self.proj, out))
         if self.training or torch.is_grad_enabled() or torch._C._len_torch_dispatch_stack():
             return self.fc(self.proj_drop(self.proj(out)))
-        return F.linear(out, *self.folded_proj())
+        return linear(out, *self.folded_proj(), owner=self, tag="fold")
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, groupings={self.groupings}, prefix={self.prefix}"
@@ -188,7 +183,7 @@ class AxisAttention(nn.Module):
         keep = x[:, : grid.prefix] if self.prefix == "exclude" else None
         if keep is not None:
             x, grid = x[:, grid.prefix :], grid.replace(prefix=0)
-        qkv = rearrange(self.qkv(x), "b n (three k d) -> b n three k d", three=3, d=self.head_dim)
+        qkv = rearrange(apply_linear(self.qkv, x), "b n (three k d) -> b n three k d", three=3, d=self.head_dim)
         heads = qkv.chunk(len(self.groupings), dim=3)
         outs = [self._attend_group(h, grid, g) for h, g in zip(heads, self.groupings)]
         out = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)).flatten(2)
