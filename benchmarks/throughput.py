@@ -13,7 +13,8 @@ cross-entropy + backward (no optimiser step).
 
 MFU = 2 × MACs / time / GEMM peak. MACs: ``videoformer.analysis.count_macs`` of the model (the ``info``
 convention: every matmul, linear and convolution, the attention products included; TimeSformer's temporal
-``fc`` counted unfolded). GEMM peak: measured in the same run and interleaved with the model timings, as the
+``fc`` counted unfolded). GEMM peak: measured in the same run and interleaved with the model timings (each timing
+``--gemm-span`` seconds of back-to-back products, so it sees the same load as a model run), as the
 best GFLOP/s of the ViT-B linear layers' matrix products (``1568×768 @ 768×{768, 2304, 3072}``,
 ``1568×3072 @ 3072×768``) in that precision, through ``torch.mm`` and (CPU) oneDNN's linear kernel, whichever
 is faster; so an MFU of 100 % means "as fast as this machine multiplies ViT-B-sized matrices at the time".
@@ -151,7 +152,7 @@ class GemmPeak:
     """Best GFLOP/s of the ViT-B matrix products in one precision, kept over every :meth:`measure`; on the CPU
     both through ``torch.mm`` (MKL / OpenBLAS) and oneDNN's linear kernel, the faster one counting."""
 
-    def __init__(self, precision: str, device: torch.device, timer: Timer) -> None:
+    def __init__(self, precision: str, device: torch.device, timer: Timer, span: float = 0.25) -> None:
         dtype, self.timer = DTYPES[precision], timer
         gen = torch.Generator().manual_seed(0)
         self.pairs = [(torch.randn(m, k, generator=gen).to(device, dtype),
@@ -160,14 +161,19 @@ class GemmPeak:
         if device.type == "cpu" and onednn_available():
             self.kernels["oneDNN"] = lambda a, w: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
         self.best = {(kernel, shape): 0.0 for kernel in self.kernels for shape in GEMM_SHAPES}
-        self.measure()  # warm-up
+        self.reps = 1
+        self.measure()  # warm-up, and the repetitions that make one timing last about ``span`` seconds
+        self.reps = max(1, round(span / (sum(2 * math.prod(s) for s in GEMM_SHAPES) / self.flops)))
 
     def measure(self) -> None:
+        """Time ``reps`` back-to-back products per kernel and shape: a timing spans as long as a model step's
+        fraction of one, so load from other processes weighs on the peak as it does on the models."""
         with torch.no_grad():
             for kernel, fn in self.kernels.items():
                 for shape, (a, w) in zip(GEMM_SHAPES, self.pairs):
-                    seconds = self.timer(lambda: fn(a, w))
-                    self.best[kernel, shape] = max(self.best[kernel, shape], 2 * math.prod(shape) / seconds)
+                    seconds = self.timer(lambda: [fn(a, w) for _ in range(self.reps)])
+                    flops = 2 * math.prod(shape) * self.reps / seconds
+                    self.best[kernel, shape] = max(self.best[kernel, shape], flops)
 
     @property
     def flops(self) -> float:
@@ -218,6 +224,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, help="clip length of every model (default: 8 / 16 / 16)")
     parser.add_argument("--vivit-frames", type=int, help="clip length of ViViT only")
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--gemm-span", type=float, default=0.25, help="seconds per timing of one GEMM shape")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this process's CPU time (CPU devices only; use with --threads 1)")
@@ -231,7 +238,7 @@ def main() -> None:
     print(f"# torch {torch.__version__}, transformers {transformers.__version__}, {device.type} ({name}), "
           f"{args.threads} threads, batch {args.batch}, best of {args.iters} after {args.warmup} warm-up, "
           f"{args.clock} clock; load average {load()}")
-    peaks = {p: GemmPeak(p, device, timer) for p in args.precision}
+    peaks = {p: GemmPeak(p, device, timer, args.gemm_span) for p in args.precision}
     results = []  # (bench, frames, precision, mode, MACs, times of ours [, times of HF], logit diff)
     for key in args.models:
         bench = BENCHES[key]
