@@ -192,8 +192,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-PRECISION_HELP = ("autocast of the forward pass (eval.precision; default: train.precision). bf16 is about 2x "
-                  "faster on CPUs with AVX512-BF16 or AMX; fp16 needs a GPU")
+PRECISION_HELP = ("autocast of the forward pass (eval.precision; default: train.precision); bf16 is faster on "
+                  "GPUs and on CPUs with AVX512-BF16 / AMX (benchmarks/README.md); fp16 needs a GPU")
 
 
 def build_parser() -> argparse.ArgumentParser:
