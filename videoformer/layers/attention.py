@@ -3,8 +3,8 @@
 ``attend`` holds the single call site of ``F.scaled_dot_product_attention`` in the library, with a manual
 (math) path selectable for tests (:func:`fused_attention`). Inference in bf16 / fp16 on the CPU takes a
 chunked math path instead of SDPA (:func:`_attend_cpu_half`): PyTorch's CPU flash kernel computes in fp32 and
-is 2-2.5× slower there than bf16 matmuls + softmax, on TimeSformer's 8-frame temporal sequences and on
-ViViT's 3137-token ones alike (``benchmarks/README.md``). ``AxisAttention`` is multi-head self-attention
+is 1.4-2.5× slower there than bf16 matmuls + softmax, from TimeSformer's 8-frame temporal sequences to
+ViViT's 3137-token ones (``benchmarks/README.md``). ``AxisAttention`` is multi-head self-attention
 (ViViT Eq. 7) whose head groups each attend over a :class:`~videoformer.layers.grid.Grouping` of the grid;
 one head group over all axes is joint attention, one over ``(h, w)`` is spatial attention, two groups with
 ``(h, w)`` and ``(t,)`` is ViViT model 4 (factorised dot-product attention).
@@ -162,8 +162,8 @@ class AxisAttention(nn.Module):
         """``qkv``: ``(B, P + N, 3, heads_g, d)`` -> ``(B, P + N, heads_g, d)`` attention outputs.
 
         The sequences of :meth:`Grouping.group` (same order) are gathered with one strided copy into
-        ``(3, B·groups, heads_g, P + L, d)`` and the outputs scattered back with one: no einops round trips
-        through ``(B·groups, L, 3·D)``, which cost a third of the non-GEMM time of a bf16 block."""
+        ``(3, B·groups, heads_g, P + L, d)`` and the outputs scattered back with one, instead of einops round
+        trips through ``(B·groups, L, 3·D)`` (~10 % of a TimeSformer-B sublayer's time in bf16)."""
         B, P, K, d = qkv.shape[0], grid.prefix, qkv.shape[3], qkv.shape[4]
         src, batch, seq, sizes = grouping.layout(grid)
         n, b_sizes, s_sizes = len(src), [sizes[a] for a in batch], [sizes[a] for a in seq]
