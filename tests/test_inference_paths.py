@@ -1,6 +1,9 @@
-"""Inference-only execution paths: the TimeSformer ``temporal_fc`` fold and the CPU bf16 / fp16 attention path
-give the model as defined (to rounding), and nothing that counts or saves the model sees them."""
+"""Inference-only execution paths: the TimeSformer ``temporal_fc`` fold, the CPU bf16 / fp16 attention path and
+the oneDNN linear layers give the model as defined (to rounding), and nothing that counts or saves the model
+sees them."""
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -9,6 +12,7 @@ import torch.nn.functional as F
 from videoformer.analysis import count_macs
 from videoformer.layers import AxisAttention, attend, fused_attention
 from videoformer.layers import attention as attention_module
+from videoformer.layers.linear import _DERIVED, apply_linear
 from videoformer.models import create_model
 
 NAME = "timesformer_tiny_divided"
@@ -38,7 +42,7 @@ def test_folded_temporal_fc_equals_unfolded() -> None:
         unfolded = model(x).detach()
     with torch.no_grad():
         folded = model(x)
-    assert all("fold" in m._derived for m in extra_projections(model))  # the fold did run
+    assert all("fold" in _DERIVED[m] for m in extra_projections(model))  # the fold did run
     torch.testing.assert_close(folded, unfolded, atol=1e-5, rtol=1e-5)
 
 
@@ -99,3 +103,34 @@ def test_training_keeps_sdpa_gradients() -> None:
     q, k, v = (torch.randn(1, 2, 6, 8, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     attend(q, k, v).float().sum().backward()
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("act", [None, "gelu", "gelu_tanh"])
+def test_onednn_linear_matches_f_linear(act: str | None) -> None:
+    gen = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(24, 40)
+    x = torch.randn(2, 7, 24, generator=gen)
+    plain = {None: lambda t: t, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}[act]
+    reference = plain(F.linear(x, layer.weight, layer.bias)).detach()
+    with torch.no_grad():
+        fp32 = apply_linear(layer, x, act)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = apply_linear(layer, x, act)
+    assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16 and bf16.shape == reference.shape
+    torch.testing.assert_close(fp32, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bf16.float(), reference, atol=5e-2, rtol=5e-2)
+    out = apply_linear(layer, x.requires_grad_(), act)  # autograd: F.linear, gradients flow
+    out.sum().backward()
+    assert layer.weight.grad is not None and x.grad is not None
+
+
+def test_cast_weights_follow_changes_and_stay_off_the_module() -> None:
+    layer = torch.nn.Linear(16, 8)
+    x = torch.randn(3, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        apply_linear(layer, x)
+        layer.weight.mul_(2)  # in place: the cached bf16 copy must be re-derived
+        after = apply_linear(layer, x).float()
+    torch.testing.assert_close(after, F.linear(x, layer.weight, layer.bias).detach(), atol=5e-2, rtol=5e-2)
+    assert _DERIVED[layer] and "_derived" not in vars(layer)
+    assert copy.deepcopy(layer) not in _DERIVED

@@ -7,11 +7,12 @@ the GEMM. Measured on TimeSformer-B's shapes (2-core AVX-512 EPYC, 1 thread): fp
 (``benchmarks/README.md``). :func:`linear` takes that path for inference on the CPU -- no autograd, no
 dispatch mode watching (the MAC counter and ``FlopCounterMode`` see ``F.linear`` as before) -- and is
 ``F.linear`` (plus the activation) everywhere else. Under CPU bf16 autocast the bf16 weights are cast once and
-cached on the module (:func:`derived`), where autocast casts them again on every forward.
+cached for the module (:func:`derived`), where autocast casts them again on every forward.
 """
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Callable, Sequence
 
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 _ONEDNN_ACTS = {None: ("none", ""), "gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh")}
+_DERIVED: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple]] = weakref.WeakKeyDictionary()
 _PLAIN_ACTS: dict[str | None, Callable[[torch.Tensor], torch.Tensor]] = {
     None: lambda x: x, "gelu": F.gelu, "gelu_tanh": functools.partial(F.gelu, approximate="tanh"),
 }
@@ -56,10 +58,11 @@ def onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
 
 def derived(owner: nn.Module, tag: str, tensors: Sequence[torch.Tensor | None],
             make: Callable[[], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
-    """``make()`` cached on ``owner`` under ``tag`` until one of ``tensors`` changes: in place (its version
-    counter) or replaced / moved (its storage). Not a buffer: the state dict is unchanged."""
+    """``make()`` cached for ``owner`` under ``tag`` until one of ``tensors`` changes: in place (its version
+    counter) or replaced / moved (its storage). Kept beside the module (a weak mapping), so neither its state
+    dict nor a pickled / deep-copied module carries it."""
     key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-    cache = owner.__dict__.setdefault("_derived", {})
+    cache = _DERIVED.setdefault(owner, {})
     if tag not in cache or cache[tag][0] != key:
         with torch.no_grad():
             cache[tag] = key, make()
@@ -71,7 +74,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act
     """``act(x Wᵀ + b)`` (``act``: None, ``"gelu"`` or ``"gelu_tanh"``); oneDNN for CPU inference (bf16
     weights cached on ``owner`` under ``tag`` when autocast casts them), else ``F.linear``."""
     dtype = onednn_dtype(x, weight)
-    if dtype is None or not onednn_available():
+    if dtype is None or not x.numel() or not onednn_available():
         return _PLAIN_ACTS[act](F.linear(x, weight, bias))
     if weight.dtype != dtype:
         cast = lambda: tuple(t.to(dtype) if t is not None else None for t in (weight, bias))  # noqa: E731
