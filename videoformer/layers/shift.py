@@ -18,10 +18,13 @@ Boundary frames (``boundary``):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from einops import rearrange
+
+from .grid import FrameGrid, Grouping
 
 Boundary = Literal["zero", "circular"]
 BOUNDARIES: tuple[str, ...] = ("zero", "circular")
@@ -88,3 +91,68 @@ def shift_frames(x: torch.Tensor, frames: int, dim: int, back: int, fwd: int,
     parts = clips.split([sizes[name] for name in order], dim=dim + 1)
     out = torch.cat([ops[name](part) for name, part in zip(order, parts)], dim=dim + 1)
     return rearrange(out, "b t ... -> (b t) ...")
+
+
+def frame_grid(grid: object, who: str) -> FrameGrid:
+    """``grid`` if it carries the frame count, else ``ValueError`` naming ``who``."""
+    if not isinstance(grid, FrameGrid):
+        raise ValueError(f"{who} needs a FrameGrid carrying the number of frames, got {grid!r}")
+    return grid
+
+
+@dataclass(frozen=True)
+class FrameShift:
+    """q/k/v hook of MSCA (Eq. 17-23): of the projections named in ``qkv`` (a subset of ``"QKV"``), the first
+    ``back`` heads (``unit="heads"``) or tokens (``unit="tokens"``, CLS included at index 0) come from frame
+    t-1 and the next ``fwd`` from frame t+1 (slices placed as ``layout`` says, boundary frames as ``boundary``)."""
+
+    qkv: str
+    unit: Literal["heads", "tokens"]
+    back: int
+    fwd: int
+    boundary: Boundary = "zero"
+    layout: ShiftLayout = "back_fwd"
+
+    def __post_init__(self) -> None:
+        check_boundary(self.boundary)
+        check_layout(self.layout)
+        if not self.qkv or set(self.qkv) - set("QKV") or self.unit not in ("heads", "tokens"):
+            raise ValueError(f"FrameShift shifts a subset of 'QKV' by heads or tokens, got {self.qkv!r}, {self.unit!r}")
+        if self.back < 0 or self.fwd < 0:
+            raise ValueError(f"MSCA-{self.qkv}: {self.unit} back={self.back}, fwd={self.fwd} must be >= 0")
+
+    def check(self, spec: object, num_heads: int) -> None:
+        """MSCA replaces a frame-wise MSA: one head group over the frame, CLS replicated, no extra projection."""
+        if spec.groupings != (Grouping(("t", "h", "w")),) or spec.prefix != "replicate" or spec.extra_proj:
+            raise ValueError(f"MSCA replaces a frame-wise MSA (one head group over a frame, no extra fc), got {spec}")
+        if self.unit == "heads" and self.back + self.fwd > num_heads:
+            raise ValueError(f"MSCA-{self.qkv}: heads back={self.back} + fwd={self.fwd} must be >= 0 and at most "
+                             f"num_heads={num_heads}")
+
+    def __call__(self, qkv: torch.Tensor, grid: object) -> torch.Tensor:
+        """``qkv``: ``(B*T, P + N, 3, heads, d)`` of every frame."""
+        frames = frame_grid(grid, "MSCA attention").frames
+        dim = 1 if self.unit == "tokens" else 2  # axis of (B*T, P + N, heads, d)
+        return torch.stack([
+            shift_frames(m, frames, dim, self.back, self.fwd, self.boundary, self.layout) if name in self.qkv else m
+            for m, name in zip(qkv.unbind(2), "QKV")], dim=2)
+
+
+@dataclass(frozen=True)
+class ClsShift:
+    """Block pre-hook of TokenShift (Eq. 8-9): the first ``back`` channels of the CLS token (index 0) come from
+    frame t-1, the next ``fwd`` from frame t+1; patch tokens pass."""
+
+    back: int
+    fwd: int
+    boundary: Boundary = "zero"
+    layout: ShiftLayout = "back_fwd"
+
+    def __post_init__(self) -> None:
+        check_boundary(self.boundary)
+        check_layout(self.layout)
+
+    def __call__(self, x: torch.Tensor, grid: object) -> torch.Tensor:
+        frames = frame_grid(grid, "TokenShift").frames
+        cls = shift_frames(x[:, :1], frames, 2, self.back, self.fwd, self.boundary, self.layout)
+        return torch.cat([cls, x[:, 1:]], dim=1)
