@@ -11,7 +11,7 @@ from videoformer.analysis.flops import count_macs
 from videoformer.layers import AxisAttention, Grid, fused_attention, record_attention
 from videoformer.models import create_model
 from videoformer.models.mmvit import (
-    ORDERS, VARIANTS, MissingModalityError, ShiftMerge, init_mmvit_from_image, mv_embedding_from_rgb, sublayer_plan,
+    ORDERS, VARIANTS, MissingModalityError, ShiftMerge, init_mmvit_from_image, mv_embedding_from_rgb,
 )
 
 TINY = [f"mmvit_tiny_{v}" for v in VARIANTS]
@@ -147,7 +147,7 @@ def _grid(m=4, t=2, h=2, w=2, prefix=1):
 def test_coattention_matches_direct_implementation_and_excludes_own_modality():
     torch.manual_seed(0)
     d, heads, grid = 16, 2, _grid()
-    coattn = sublayer_plan(create_model("mmvit_tiny_coattn", depth=1).cfg)[0][1]  # order TMS: M second
+    coattn = create_model("mmvit_tiny_coattn", depth=1).blocks[0].attns[1].spec  # order TMS: M second
     attn = AxisAttention(d, heads, coattn).eval()
     x = torch.randn(2, grid.prefix + grid.numel, d)
     out = attn(x, grid)

@@ -92,31 +92,6 @@ class MMViTConfig(TransformerConfig):
                                  f"{self.num_frames} frames × {self.patches}² patches")
 
 
-def sublayer_plan(cfg: MMViTConfig) -> list[tuple[Sublayer, ...]]:
-    """The sublayers of each block, in ``cfg.order`` (see the module docstring). Added sublayers (all but the
-    spatial one) leave the CLS token alone, carry the extra ``fc`` and start as no-ops from an image ViT."""
-    added = dict(prefix="exclude", extra_proj=True, init="added")
-    if cfg.variant == "joint":
-        return [(attend_over("m", "t", "h", "w"),)] * cfg.depth
-    if cfg.variant == "factorized":
-        parts = {"T": attend_over("m", "t", **added), "S": attend_over("m", "h", "w")}
-        return [tuple(parts[a] for a in cfg.order if a in parts)] * cfg.depth
-    if cfg.variant == "local":  # windows followed by a depthwise convolution over the window
-        wt, ws = cfg.window_t, cfg.window_s
-        parts = {
-            "T": Sublayer((Grouping(("t",), window={"t": wt}),), post=WindowConv((wt, 1, 1)), **added),
-            "S": Sublayer((Grouping(("h", "w"), window={"h": ws, "w": ws}),), post=WindowConv((1, ws, ws))),
-        }
-    else:
-        parts = {"T": attend_over("t", **added), "S": attend_over("h", "w")}
-    parts["M"] = {
-        "coattn": attend_over("m", mask=OthersOnly(), **added),  # keys of the other modalities only
-        "shiftmerge": Sublayer((Grouping(("m",)),), "exclude", extra_proj=True, init="value_only",
-                               mixer="shift_merge"),
-    }.get(cfg.variant, attend_over("m", **added))
-    return [tuple(parts[a] for a in cfg.order)] * cfg.depth
-
-
 class MMViT(VideoModel):
     """MM-ViT variants I-IV (§3.3) on a configured subset of I-frames, motion vectors, residuals and audio."""
 
@@ -135,9 +110,34 @@ class MMViT(VideoModel):
             self.audio_pos = nn.Parameter(torch.zeros(1, cfg.num_frames, d))
             nn.init.trunc_normal_(self.audio_pos, std=cfg.pos_embed_std)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.blocks = make_blocks(cfg, sublayer_plan(cfg))
+        self.blocks = make_blocks(cfg, self.sublayer_plan(cfg))
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.init_parameters(cfg)
+
+    @staticmethod
+    def sublayer_plan(cfg: MMViTConfig) -> list[tuple[Sublayer, ...]]:
+        """The sublayers of each block, in ``cfg.order`` (see the module docstring). Added sublayers (all but the
+        spatial one) leave the CLS token alone, carry the extra ``fc`` and start as no-ops from an image ViT."""
+        added = dict(prefix="exclude", extra_proj=True, init="added")
+        if cfg.variant == "joint":
+            return [(attend_over("m", "t", "h", "w"),)] * cfg.depth
+        if cfg.variant == "factorized":
+            parts = {"T": attend_over("m", "t", **added), "S": attend_over("m", "h", "w")}
+            return [tuple(parts[a] for a in cfg.order if a in parts)] * cfg.depth
+        if cfg.variant == "local":  # windows followed by a depthwise convolution over the window
+            wt, ws = cfg.window_t, cfg.window_s
+            parts = {
+                "T": Sublayer((Grouping(("t",), window={"t": wt}),), post=WindowConv((wt, 1, 1)), **added),
+                "S": Sublayer((Grouping(("h", "w"), window={"h": ws, "w": ws}),), post=WindowConv((1, ws, ws))),
+            }
+        else:
+            parts = {"T": attend_over("t", **added), "S": attend_over("h", "w")}
+        parts["M"] = {
+            "coattn": attend_over("m", mask=OthersOnly(), **added),  # keys of the other modalities only
+            "shiftmerge": Sublayer((Grouping(("m",)),), "exclude", extra_proj=True, init="value_only",
+                                   mixer="shift_merge"),
+        }.get(cfg.variant, attend_over("m", **added))
+        return [tuple(parts[a] for a in cfg.order)] * cfg.depth
 
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | ({"audio_pos"} if "audio" in self.modalities else set())

@@ -60,19 +60,9 @@ class ViViTConfig(TransformerConfig):
                              f"got {self.classifier!r} for model {self.model}")
 
 
-def sublayer_plan(cfg: ViViTConfig) -> list[tuple[Sublayer, ...]]:
-    """The sublayers of each block of models 1, 3 and 4 (model 2: :class:`ViViTFactorisedEncoder`)."""
-    space_time = (SPACE, TIME) if cfg.order == "st" else (TIME, SPACE)
-    if cfg.model == 3:  # the temporal MSA the image ViT lacks starts as a residual no-op (§3.4)
-        sublayers = tuple(Sublayer((g,), init="zero_output" if g == TIME else "pretrained") for g in space_time)
-    else:
-        sublayers = {1: (Sublayer((ALL,)),), 4: (Sublayer(space_time),)}[cfg.model]
-    return [sublayers] * cfg.depth
-
-
 class ViViT(VideoModel):
     """ViViT models 1, 3 and 4 (§3.3): tubelets + CLS (model 1) + joint positions, the blocks of
-    :func:`sublayer_plan`, CLS or global average pooling. Model 2 is :class:`ViViTFactorisedEncoder`
+    :meth:`sublayer_plan`, CLS or global average pooling. Model 2 is :class:`ViViTFactorisedEncoder`
     (:func:`build_vivit` builds either)."""
 
     def __init__(self, cfg: ViViTConfig) -> None:
@@ -85,9 +75,19 @@ class ViViT(VideoModel):
         token = cfg.classifier == "token"
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if token else None
         self.pos_embed = JointPosEmbed(d, Grid(t=nt, h=n, w=n, prefix=int(token)), cfg.pos_embed_std)
-        self.blocks = make_blocks(cfg, sublayer_plan(cfg))
+        self.blocks = make_blocks(cfg, self.sublayer_plan(cfg))
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.init_parameters(cfg)
+
+    @staticmethod
+    def sublayer_plan(cfg: ViViTConfig) -> list[tuple[Sublayer, ...]]:
+        """The sublayers of each block of models 1, 3 and 4 (model 2: :class:`ViViTFactorisedEncoder`)."""
+        space_time = (SPACE, TIME) if cfg.order == "st" else (TIME, SPACE)
+        if cfg.model == 3:  # the temporal MSA the image ViT lacks starts as a residual no-op (§3.4)
+            sublayers = tuple(Sublayer((g,), init="zero_output" if g == TIME else "pretrained") for g in space_time)
+        else:
+            sublayers = {1: (Sublayer((ALL,)),), 4: (Sublayer(space_time),)}[cfg.model]
+        return [sublayers] * cfg.depth
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Clip -> normalised tokens ``(B, P + N, D)``."""
