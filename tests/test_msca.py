@@ -307,7 +307,7 @@ def test_msca_sublayer_rejects_too_many_heads():
 
 
 def test_msca_only_replaces_a_frame_wise_msa():
-    temporal = Sublayer((Grouping(("t",)),), "exclude", qkv_hook=FrameShift("KV", "heads", 1, 1))
+    temporal = Sublayer((Grouping(("t",)),), "exclude", qkv_hook=FrameShift(1, 1))
     with pytest.raises(ValueError, match="frame-wise MSA"):
         AxisAttention(D, HEADS, temporal)
 

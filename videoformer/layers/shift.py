@@ -101,13 +101,10 @@ def frame_grid(grid: object, who: str) -> FrameGrid:
 
 
 @dataclass(frozen=True)
-class FrameShift:
-    """q/k/v hook of MSCA (Eq. 17-23): of the projections named in ``qkv`` (a subset of ``"QKV"``), the first
-    ``back`` heads (``unit="heads"``) or tokens (``unit="tokens"``, CLS included at index 0) come from frame
-    t-1 and the next ``fwd`` from frame t+1 (slices placed as ``layout`` says, boundary frames as ``boundary``)."""
+class Shift:
+    """``back`` entries along an axis from frame t-1, the next ``fwd`` from frame t+1 (slices placed as
+    ``layout`` says, boundary frames as ``boundary``), the frame count read from the :class:`FrameGrid`."""
 
-    qkv: str
-    unit: Literal["heads", "tokens"]
     back: int
     fwd: int
     boundary: Boundary = "zero"
@@ -116,10 +113,27 @@ class FrameShift:
     def __post_init__(self) -> None:
         check_boundary(self.boundary)
         check_layout(self.layout)
+        if self.back < 0 or self.fwd < 0:
+            raise ValueError(f"{self}: back and fwd must be >= 0")
+
+    def apply(self, x: torch.Tensor, grid: object, dim: int) -> torch.Tensor:
+        frames = frame_grid(grid, type(self).__name__).frames
+        return shift_frames(x, frames, dim, self.back, self.fwd, self.boundary, self.layout)
+
+
+@dataclass(frozen=True)
+class FrameShift(Shift):
+    """q/k/v hook of MSCA (Eq. 17-23): of the projections named in ``qkv`` (a subset of ``"QKV"``), the first
+    ``back`` heads (``unit="heads"``) or tokens (``unit="tokens"``, CLS included at index 0) come from frame
+    t-1 and the next ``fwd`` from frame t+1."""
+
+    qkv: str = "KV"
+    unit: Literal["heads", "tokens"] = "heads"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.qkv or set(self.qkv) - set("QKV") or self.unit not in ("heads", "tokens"):
             raise ValueError(f"FrameShift shifts a subset of 'QKV' by heads or tokens, got {self.qkv!r}, {self.unit!r}")
-        if self.back < 0 or self.fwd < 0:
-            raise ValueError(f"MSCA-{self.qkv}: {self.unit} back={self.back}, fwd={self.fwd} must be >= 0")
 
     def check(self, spec: object, num_heads: int) -> None:
         """MSCA replaces a frame-wise MSA: one head group over the frame, CLS replicated, no extra projection."""
@@ -131,28 +145,15 @@ class FrameShift:
 
     def __call__(self, qkv: torch.Tensor, grid: object) -> torch.Tensor:
         """``qkv``: ``(B*T, P + N, 3, heads, d)`` of every frame."""
-        frames = frame_grid(grid, "MSCA attention").frames
         dim = 1 if self.unit == "tokens" else 2  # axis of (B*T, P + N, heads, d)
-        return torch.stack([
-            shift_frames(m, frames, dim, self.back, self.fwd, self.boundary, self.layout) if name in self.qkv else m
-            for m, name in zip(qkv.unbind(2), "QKV")], dim=2)
+        return torch.stack([self.apply(m, grid, dim) if name in self.qkv else m
+                            for m, name in zip(qkv.unbind(2), "QKV")], dim=2)
 
 
 @dataclass(frozen=True)
-class ClsShift:
+class ClsShift(Shift):
     """Block pre-hook of TokenShift (Eq. 8-9): the first ``back`` channels of the CLS token (index 0) come from
     frame t-1, the next ``fwd`` from frame t+1; patch tokens pass."""
 
-    back: int
-    fwd: int
-    boundary: Boundary = "zero"
-    layout: ShiftLayout = "back_fwd"
-
-    def __post_init__(self) -> None:
-        check_boundary(self.boundary)
-        check_layout(self.layout)
-
     def __call__(self, x: torch.Tensor, grid: object) -> torch.Tensor:
-        frames = frame_grid(grid, "TokenShift").frames
-        cls = shift_frames(x[:, :1], frames, 2, self.back, self.fwd, self.boundary, self.layout)
-        return torch.cat([cls, x[:, 1:]], dim=1)
+        return torch.cat([self.apply(x[:, :1], grid, 2), x[:, 1:]], dim=1)

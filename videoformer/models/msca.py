@@ -45,7 +45,8 @@ def msca_sublayer(variant: str, back: int, fwd: int, boundary: Boundary = "zero"
     if variant not in VARIANTS:
         raise ValueError(f"unknown MSCA variant {variant!r}; choose from {', '.join(VARIANTS)}")
     patch = variant.startswith("p")
-    shift = FrameShift(variant[1:] if patch else variant, "tokens" if patch else "heads", back, fwd, boundary, layout)
+    shift = FrameShift(back, fwd, boundary, layout, qkv=variant[1:] if patch else variant,
+                       unit="tokens" if patch else "heads")
     return Sublayer(FRAME.groupings, qkv_hook=shift)
 
 
