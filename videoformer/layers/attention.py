@@ -152,6 +152,10 @@ class AxisAttention(AttentionModule):
 
     def _attend_group(self, qkv: torch.Tensor, grid: Grid, grouping: Grouping) -> torch.Tensor:
         """``qkv``: ``(B, P + N, 3, heads_g, d)`` -> ``(B, P + N, heads_g * d)`` attention outputs."""
+        if grouping.is_whole(grid):  # one sequence, prefix tokens in place: no regrouping, no copies
+            q, k, v = rearrange(qkv, "b n three k d -> three b k n d")
+            mask = None if self.spec.mask is None else self.spec.mask(q.shape[2], q.device)
+            return rearrange(self.attend(q, k, v, mask), "b k n d -> b n (k d)")
         B, P = qkv.shape[0], grid.prefix
         body = grouping.group(rearrange(qkv[:, P:], "b n three k d -> b n (three k d)"), grid)
         groups = body.shape[0] // B

@@ -124,6 +124,10 @@ class Grouping:
         """How many independent sequences one clip is split into."""
         return grid.numel // self.seq_len(grid)
 
+    def is_whole(self, grid: Grid) -> bool:
+        """One sequence of all grid tokens in their stored order (joint attention): grouping is the identity."""
+        return not self.window and not self.dilation and self.num_groups(grid) == 1
+
     def group(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         """``(B, numel, C)`` grid tokens -> ``(B * groups, L, C)`` sequences."""
         src, dst, sizes = self.patterns(grid)
