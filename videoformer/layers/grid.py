@@ -112,8 +112,9 @@ class Grouping:
         return src, batch, seq, sizes
 
     def patterns(self, grid: Grid) -> tuple[str, str, dict[str, int]]:
-        """einops patterns ``src -> dst`` and axis sizes for the grid tokens of ``grid`` (cached per grid)."""
-        return _patterns(self, grid)
+        """einops patterns ``src -> dst`` and axis sizes for the grid tokens of ``grid`` (cached per grid; under
+        ``torch.compile`` computed while tracing, once per compiled graph)."""
+        return _build_patterns(self, grid) if torch.compiler.is_compiling() else _patterns(self, grid)
 
     def seq_len(self, grid: Grid) -> int:
         """Length of each attended sequence (without prefix tokens)."""
@@ -126,7 +127,8 @@ class Grouping:
 
     def is_whole(self, grid: Grid) -> bool:
         """One sequence of all grid tokens in their stored order (joint attention): grouping is the identity."""
-        return not self.window and not self.dilation and self.num_groups(grid) == 1
+        return not self.window and not self.dilation and all(
+            a in self.axes or n == 1 for a, n in grid.sizes.items())
 
     def group(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         """``(B, numel, C)`` grid tokens -> ``(B * groups, L, C)`` sequences."""
@@ -139,7 +141,9 @@ class Grouping:
         return rearrange(x, f"{dst} -> {src}", **sizes)
 
 
-@lru_cache(maxsize=256)
-def _patterns(grouping: Grouping, grid: Grid) -> tuple[str, str, dict[str, int]]:
+def _build_patterns(grouping: Grouping, grid: Grid) -> tuple[str, str, dict[str, int]]:
     src, batch, seq, sizes = grouping.layout(grid)
     return f"b ({' '.join(src)}) c", f"(b {' '.join(batch)}) ({' '.join(seq)}) c", sizes
+
+
+_patterns = lru_cache(maxsize=256)(_build_patterns)
