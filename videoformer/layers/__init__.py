@@ -8,11 +8,11 @@ from .grid import AXES, FrameGrid, Grid, Grouping
 from .mlp import Mlp
 from .pos_embed import JointPosEmbed, SeparablePosEmbed, resample
 from .shift import ClsShift, FrameShift
-from .spec import INIT_ROLES, OthersOnly, Sublayer, WindowConv, attend_over
+from .spec import INIT_ROLES, SHIFT_MERGE, OthersOnly, Sublayer, WindowConv, attend_over
 
 __all__ = [
     "AXES", "AttentionModule", "AxisAttention", "Block", "ClsShift", "DropPath", "FrameGrid", "FrameShift", "Grid",
-    "Grouping", "INIT_ROLES", "JointPosEmbed", "Mlp", "OthersOnly", "SeparablePosEmbed", "ShiftMerge", "Sublayer",
-    "TubeletEmbed", "WindowConv", "attend", "attend_over", "build_sublayer", "check_video", "drop_path_rates",
+    "Grouping", "INIT_ROLES", "JointPosEmbed", "Mlp", "OthersOnly", "SHIFT_MERGE", "SeparablePosEmbed", "ShiftMerge",
+    "Sublayer", "TubeletEmbed", "WindowConv", "attend", "attend_over", "build_sublayer", "check_video", "drop_path_rates",
     "fused_attention", "record_attention", "resample",
 ]

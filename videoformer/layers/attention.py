@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from .grid import Grid, Grouping
-from .spec import PrefixMode, Sublayer
+from .spec import SHIFT_MERGE, PrefixMode, Sublayer
 
 Recorder = Callable[[torch.Tensor], None]
 
@@ -210,11 +210,9 @@ class ShiftMerge(nn.Module):
     order) plus its own value, ``r^i = v_i^1 ‖ … ‖ v_i^|S| + v^i``; then the output and extra projections.
     Prefix tokens receive no update."""
 
-    def __init__(self, dim: int, qkv_bias: bool = True, proj_drop: float = 0.0, extra_proj: bool = True,
-                 spec: Sublayer | None = None) -> None:
+    def __init__(self, dim: int, qkv_bias: bool = True, proj_drop: float = 0.0, spec: Sublayer = SHIFT_MERGE) -> None:
         super().__init__()
-        self.spec = spec or Sublayer((Grouping(("m",)),), "exclude", extra_proj, init="value_only",
-                                     mixer="shift_merge")
+        self.spec = spec
         self.v = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.fc = nn.Linear(dim, dim) if self.spec.extra_proj else None

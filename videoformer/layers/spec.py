@@ -88,6 +88,10 @@ class Sublayer:
             raise ValueError(f"mixer must be 'attention' or 'shift_merge', got {self.mixer!r}")
 
 
+SHIFT_MERGE = Sublayer((Grouping(("m",)),), "exclude", extra_proj=True, init="value_only", mixer="shift_merge")
+"""MM-ViT's shift-merge sublayer (Eq. 17-20): values only, mixed across the modalities at each position."""
+
+
 def attend_over(*axes: str, prefix: PrefixMode = "replicate", **fields) -> Sublayer:
     """Shorthand for a one-head-group sublayer: ``attend_over("t", "w")`` attends over ``(t, w)``."""
     return Sublayer((Grouping(axes),), prefix, **fields)

@@ -40,8 +40,8 @@ from einops import rearrange, repeat
 from torch import nn
 
 from ..layers import ShiftMerge  # noqa: F401 (re-exported: MM-ViT's shift-merge sublayer)
-from ..layers import (Grid, Grouping, OthersOnly, SeparablePosEmbed, Sublayer, TubeletEmbed, WindowConv, attend_over,
-                      resample)
+from ..layers import (SHIFT_MERGE, Grid, Grouping, OthersOnly, SeparablePosEmbed, Sublayer, TubeletEmbed, WindowConv,
+                      attend_over, resample)
 from .base import TransformerConfig, VideoModel, make_blocks
 
 MODALITIES: dict[str, int] = {"iframe": 3, "mv": 2, "residual": 3, "audio": 128}
@@ -134,8 +134,7 @@ class MMViT(VideoModel):
             parts = {"T": attend_over("t", **added), "S": attend_over("h", "w")}
         parts["M"] = {
             "coattn": attend_over("m", mask=OthersOnly(), **added),  # keys of the other modalities only
-            "shiftmerge": Sublayer((Grouping(("m",)),), "exclude", extra_proj=True, init="value_only",
-                                   mixer="shift_merge"),
+            "shiftmerge": SHIFT_MERGE,
         }.get(cfg.variant, attend_over("m", **added))
         return [tuple(parts[a] for a in cfg.order)] * cfg.depth
 
