@@ -6,11 +6,9 @@ evaluation never substitutes a sample: an unreadable video is left out and count
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -19,7 +17,6 @@ from ..data import (Annotations, CompressedTransform, CompressedVideoDataset, Da
                     VideoReadError, VideoRecord, VideoTransform, read_csv, read_epic_kitchens, read_folder, read_hmdb51,
                     read_kinetics, read_ssv2, read_ucf101)
 from ..data.batch import Batch, with_views
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, center_crop, normalize, short_side_scale, three_crop
 from .config import Config, ConfigError, DataConfig
 
 def _resolve(root: Path, spec: str) -> Path:
@@ -76,23 +73,6 @@ def check_labels(ann: Annotations, heads: Sequence[int], split: str) -> None:
                               f"(heads of {list(heads)} classes)")
 
 
-@dataclass
-class EvalTransform:
-    """Test views of a uint8 (3, T, H, W) clip: short side to ``short_side`` (default ``size``), then 1 centre
-    or 3 crops of ``size`` along the longer side (ViViT §4.1) -> normalised (S, 3, T, size, size)."""
-
-    size: int
-    num_crops: int = 1
-    short_side: int | None = None
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def __call__(self, clip: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
-        scaled = short_side_scale(clip, self.short_side or self.size)
-        crops = [center_crop(scaled, self.size)] if self.num_crops == 1 else three_crop(scaled, self.size)
-        return torch.stack([normalize(c, self.mean, self.std, channel_dim=0) for c in crops])
-
-
 def video_dataset(cfg: Config, records: Sequence[VideoRecord], model: nn.Module, train: bool,
                   num_clips: int = 1, num_crops: int = 1) -> VideoDataset | CompressedVideoDataset:
     """The samples ``model.input_spec`` asks for: RGB clips following its preprocessing (sampler, stride, short
@@ -116,7 +96,8 @@ def video_dataset(cfg: Config, records: Sequence[VideoRecord], model: nn.Module,
                                    randaug_layers=d.randaug_layers, randaug_magnitude=d.randaug_magnitude,
                                    mean=pre.mean, std=pre.std)
     else:
-        transform = EvalTransform(pre.img_size, num_crops, pre.short_side, pre.mean, pre.std)
+        transform = VideoTransform(size=pre.img_size, train=False, three_crop=num_crops == 3,
+                                   short_side=pre.short_side, mean=pre.mean, std=pre.std)
     return VideoDataset(records, num_frames=pre.num_frames, sampler=pre.sampler, stride=pre.stride, train=train,
                         num_clips=num_clips, transform=transform, max_fail_fraction=1.0, seed=cfg.train.seed)
 
