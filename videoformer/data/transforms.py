@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from videoformer.data.sampling import spatial_crop_offsets
+from videoformer.settings import Augment
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "resize", "short_side_scale", "crop", "center_crop", "three_crop",
@@ -238,11 +239,12 @@ def normalize_residual(res: torch.Tensor, std: Sequence[float] = IMAGENET_STD, c
 
 
 @dataclass
-class VideoTransform:
+class VideoTransform(Augment):
     """RGB clip pipeline on uint8 (C, T, H, W) -> float normalised (C, T, size, size).
 
-    Train: scale jitter (``min_scale``-``max_scale`` of the short side, ViViT) or random resized crop,
-    flip, optional colour jitter and RandAugment. Test (the spatial half of multi-view testing, ViViT §4.1; the
+    Train: the :class:`~videoformer.settings.Augment` fields (keyword-only): scale jitter (``min_scale``-
+    ``max_scale`` of the short side, ViViT) or random resized crop, flip, optional colour jitter and
+    RandAugment. Test (the spatial half of multi-view testing, ViViT §4.1; the
     temporal half is ``VideoDataset``'s clips, see :func:`~videoformer.data.sampling.multiview_indices`):
     short-side scale to ``short_side`` (default ``size``) then centre crop, or with ``three_crop=True``
     left / centre / right crops stacked as (3, C, T, size, size).
@@ -250,13 +252,6 @@ class VideoTransform:
 
     size: int = 224
     train: bool = True
-    crop: str = "scale_jitter"  # or "random_resized"
-    min_scale: float = 0.9
-    max_scale: float = 1.33
-    flip_prob: float = 0.5
-    color_jitter_prob: float = 0.0
-    randaug_layers: int = 0
-    randaug_magnitude: int = 15
     three_crop: bool = False
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD

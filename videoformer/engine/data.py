@@ -91,10 +91,7 @@ def video_dataset(cfg: Config, records: Sequence[VideoRecord], model: nn.Module,
                                       max_fail_fraction=1.0, seed=cfg.train.seed)
     pre = spec.preprocessing
     if train:
-        transform = VideoTransform(size=pre.img_size, train=True, crop=d.crop, min_scale=d.min_scale,
-                                   max_scale=d.max_scale, flip_prob=d.flip_prob, color_jitter_prob=d.color_jitter_prob,
-                                   randaug_layers=d.randaug_layers, randaug_magnitude=d.randaug_magnitude,
-                                   mean=pre.mean, std=pre.std)
+        transform = VideoTransform(size=pre.img_size, train=True, mean=pre.mean, std=pre.std, **d.augment())
     else:
         transform = VideoTransform(size=pre.img_size, train=False, three_crop=num_crops == 3,
                                    short_side=pre.short_side, mean=pre.mean, std=pre.std)
