@@ -52,10 +52,8 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig(Augment):
-    """The ``data`` section: where the videos are, how they are read, and (inherited from :class:`Augment`,
-    the same fields ``VideoTransform`` takes) the training augmentation: ``crop``, ``min_scale``,
-    ``max_scale``, ``flip_prob``, ``color_jitter_prob``, ``randaug_layers``, ``randaug_magnitude``."""
+class DataSource:
+    """Where the videos of a run are and how they are read (the first keys of the ``data`` section)."""
 
     format: Literal["kinetics", "ucf101", "hmdb51", "ssv2", "epic", "csv", "folder"] = "folder"
     root: str = ""
@@ -66,6 +64,14 @@ class DataConfig(Augment):
     sampler: Literal["dense", "uniform"] | None = None  # None: the weights' / model family's (model.preprocessing)
     # frames between sampled frames (dense); None: the weights' / model family's
     stride: Annotated[int | None, AT_LEAST_1] = None
+
+
+@dataclass
+class DataConfig(Augment, DataSource):
+    """The ``data`` section: :class:`DataSource` keys, then the training augmentation (:class:`Augment`, the
+    fields ``VideoTransform`` takes: ``crop``, ``min_scale``, ``max_scale``, ``flip_prob``,
+    ``color_jitter_prob``, ``randaug_layers``, ``randaug_magnitude``), then the loading keys below."""
+
     audio_weights: str = ""  # VGGish weights for compressed input with audio (default: the data module's fallback)
     num_workers: Annotated[int, AT_LEAST_0] = 0
     max_fail_fraction: Annotated[float, FRACTION] = 0.1  # share of unreadable training samples (over all workers)

@@ -19,6 +19,7 @@ from ..data import (Annotations, CompressedTransform, CompressedVideoDataset, Da
 from ..data.batch import Batch, with_views
 from .config import Config, ConfigError, DataConfig
 
+
 def _resolve(root: Path, spec: str) -> Path:
     p = Path(spec)
     return p if p.is_absolute() else root / p
