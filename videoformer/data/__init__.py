@@ -4,8 +4,8 @@ Modules: ``video`` (PyAV decode, metadata), ``sampling`` (TSN / dense / multi-vi
 (MPEG-4 re-encode, I-frame / motion vectors / residual), ``audio`` (16 kHz log-mel, VGGish),
 ``annotations`` (dataset formats), ``datasets`` (VideoDataset, CompressedVideoDataset), ``transforms``,
 ``mixup``, ``batch`` (``InputSpec``: what a model consumes; ``Batch``: what the loaders give it), ``clock``
-(timestamps <-> seconds), ``synthetic`` (write small test videos), ``prepare`` (``videoformer extract``: MPEG-4 + log-mel
-cache in the dataset's layout, checksummed), ``benchmark`` (``python -m videoformer.data.benchmark``).
+(timestamps <-> seconds), ``synthetic`` (write small test videos), ``prepare`` (``videoformer extract``: MPEG-4 +
+log-mel cache in the dataset's layout, checksummed), ``benchmark`` (``python -m videoformer.data.benchmark``).
 """
 
 from videoformer.data.batch import Batch, InputSpec
