@@ -30,7 +30,7 @@ projection ``fc`` and leave the CLS token untouched; the spatial MSA replicates 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import permutations
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,6 +39,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
+from ..data.batch import InputSpec
 from ..layers import AxisAttention, Block, Grid, Grouping, SeparablePosEmbed, TubeletEmbed, drop_path_rates, resample
 from ..layers.attention import attend
 from .base import TransformerConfig, VideoModel, init_weights
@@ -229,6 +230,11 @@ class MMViT(VideoModel):
         init_weights(self)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self._init_head(cfg.num_classes, cfg.head_drop_rate)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """Frames, size, input convention and the compressed-domain modalities it reads (grid order)."""
+        return replace(super().input_spec, modalities=self.modalities)
 
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | ({"audio_pos"} if "audio" in self.modalities else set())
