@@ -126,11 +126,10 @@ def predict_files(run: LoadedRun, paths: Sequence[str], num_clips: int | None = 
         if not os.path.isfile(path):
             out.append({"path": str(path), "error": "file not found"})
             continue
-        views, _, _, error = items[i]
-        if error:
-            out.append({"path": str(path), "error": error})
+        batch, bad = items.collate([items[i]])
+        if bad:
+            out.append({"path": str(path), "error": bad[0][1]})
             continue
-        batch = {m: v[None] for m, v in views.items()} if isinstance(views, dict) else views[None]
         scores = predict_scores(run.model, batch, run.heads, run.device, cfg.train.precision)
         try:
             check_scores(scores, [str(path)], run.source)

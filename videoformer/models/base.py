@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..data.batch import InputSpec
 from ..layers import Block, Grid, JointPosEmbed, SeparablePosEmbed, Sublayer, drop_path_rates
 from ..layers.block import PreHook
 
@@ -56,6 +57,11 @@ class VideoModel(nn.Module):
     registry_config: dict[str, Any] | None = None
     preprocessing: Any = None
     classes: list[str] | dict[str, list[str]] | None = None
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """What the model consumes: frames, size, modalities (RGB clips here) and input convention."""
+        return InputSpec(self.cfg.num_frames, self.cfg.img_size, preprocessing=self.preprocessing)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write a self-describing directory (config.json + model.safetensors) that

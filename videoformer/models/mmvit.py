@@ -30,7 +30,7 @@ projection ``fc`` and leave the CLS token untouched; the spatial MSA replicates 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import permutations
 from pathlib import Path
 from typing import Mapping
@@ -39,6 +39,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
+from ..data.batch import InputSpec
 from ..layers import ShiftMerge  # noqa: F401 (re-exported: MM-ViT's shift-merge sublayer)
 from ..layers import (SHIFT_MERGE, Grid, Grouping, OthersOnly, SeparablePosEmbed, Sublayer, TubeletEmbed, WindowConv,
                       attend_over, resample)
@@ -137,6 +138,11 @@ class MMViT(VideoModel):
             "shiftmerge": SHIFT_MERGE,
         }.get(cfg.variant, attend_over("m", **added))
         return [tuple(parts[a] for a in cfg.order)] * cfg.depth
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """Frames, size, input convention and the compressed-domain modalities it reads (grid order)."""
+        return replace(super().input_spec, modalities=self.modalities)
 
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | ({"audio_pos"} if "audio" in self.modalities else set())
