@@ -120,6 +120,22 @@ class Shift:
         frames = frame_grid(grid, type(self).__name__).frames
         return shift_frames(x, frames, dim, self.back, self.fwd, self.boundary, self.layout)
 
+    def apply_into(self, out: torch.Tensor, x: torch.Tensor, frames: int, dim: int) -> None:
+        """``out`` (a copy of ``x``) <- ``x`` shifted along ``dim``, writing only the shifted entries: the same
+        result as :meth:`apply` without copying the unshifted rest again."""
+        size = x.shape[dim]
+        if self.back + self.fwd > size:
+            raise ValueError(f"shift amounts back={self.back} + fwd={self.fwd} must fit in the {size} entries of "
+                             f"axis {dim} (shape {tuple(x.shape)})")
+        if self.layout == "fwd_rest_back":  # [t+1 | rest | t-1]: two one-way slices
+            regions = [(0, self.fwd, 0, self.fwd, "back_fwd"), (size - self.back, self.back, self.back, 0, "back_fwd")]
+        else:
+            regions = [(0, self.back + self.fwd, self.back, self.fwd, self.layout)]
+        for start, length, back, fwd, layout in regions:
+            if length:
+                part = shift_frames(x.narrow(dim, start, length), frames, dim, back, fwd, self.boundary, layout)
+                out.narrow(dim, start, length).copy_(part)
+
 
 @dataclass(frozen=True)
 class FrameShift(Shift):
@@ -145,9 +161,13 @@ class FrameShift(Shift):
 
     def __call__(self, qkv: torch.Tensor, grid: object) -> torch.Tensor:
         """``qkv``: ``(B*T, P + N, 3, heads, d)`` of every frame."""
+        frames = frame_grid(grid, "MSCA attention").frames
         dim = 1 if self.unit == "tokens" else 2  # axis of (B*T, P + N, heads, d)
-        return torch.stack([self.apply(m, grid, dim) if name in self.qkv else m
-                            for m, name in zip(qkv.unbind(2), "QKV")], dim=2)
+        out = qkv.clone()
+        for i, name in enumerate("QKV"):
+            if name in self.qkv:
+                self.apply_into(out.select(2, i), qkv.select(2, i), frames, dim)
+        return out
 
 
 @dataclass(frozen=True)
