@@ -179,6 +179,22 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return run_extract(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A run or pretrained model -> ONNX or a torch.export program, with preprocessing.json beside it."""
+    from .engine.export import ExportError, export_model
+
+    try:
+        result = export_model(args.source, args.out, args.format, args.dynamic_batch)
+    except (ValueError, OSError) as err:  # ExportError, checkpoint / config errors, an unwritable OUT
+        print(f"videoformer export: {err}", file=sys.stderr)
+        return 2
+    checked = ("" if result.max_abs_diff is None else
+               f" (onnxruntime vs eager on a random clip: max |diff| {result.max_abs_diff:.1e})")
+    print(f"{result.model_file}{checked}")
+    print(result.preprocessing_file)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build the synthetic action dataset, train the tiny models, write report.md."""
     from .engine.demo import main as demo_main
@@ -248,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = add_extract_arguments(sub.add_parser("extract", help="prepare a dataset for the compressed-domain models"))
     ex.set_defaults(handler=cmd_extract)
+
+    xp = sub.add_parser("export", help="a run or pretrained model -> ONNX or a torch.export program (+ "
+                        "preprocessing.json)")
+    xp.add_argument("source", help="run directory, checkpoint, or anything load_pretrained reads (convert's output, "
+                    "a release file, a Hugging Face directory)")
+    xp.add_argument("out", help="output folder: model.onnx or model.pt2, and preprocessing.json")
+    xp.add_argument("--format", choices=("onnx", "exported-program"), default="onnx")
+    xp.add_argument("--dynamic-batch", action="store_true", help="leave the batch axis free (default: batch 1)")
+    xp.set_defaults(handler=cmd_export)
 
     de = sub.add_parser("demo", help="synthetic action dataset -> train tiny models -> measured report.md")
     de.add_argument("--out", default="demo_out", help="output folder (dataset, runs, report.md)")

@@ -84,13 +84,14 @@ def describe(run: LoadedRun, fmt: str, dynamic_batch: bool) -> dict[str, Any]:
     inputs = [{"name": name, "shape": [batch, *shape], "dtype": "float32", "layout": layouts.get(name, "B T C H W")}
               for name, shape in input_shapes(model).items()]
     pre = model.preprocessing
+    compressed = hasattr(model, "input_shapes")  # MM-ViT reads the compressed domain
     doc: dict[str, Any] = {
         "videoformer_export": 1,
         "format": fmt,
         "file": MODEL_FILES[fmt],
         "model": model.registry_name,
         "source": run.source,
-        "input": run.cfg.data.input,
+        "input": "compressed" if compressed else "rgb",
         "inputs": inputs,
         "outputs": [{"name": "logits", "shape": [batch, sum(run.heads)]},
                     {"name": "embedding", "shape": [batch, model.num_features]}],
@@ -101,7 +102,7 @@ def describe(run: LoadedRun, fmt: str, dynamic_batch: bool) -> dict[str, Any]:
         "mean": list(pre.mean), "std": list(pre.std), "size": pre.img_size, "short_side": pre.short_side,
         "frames": pre.num_frames, "stride": pre.stride, "sampler": pre.sampler,
     }
-    if run.cfg.data.input == "rgb":
+    if not compressed:
         doc["pipeline"] = ("frames: the sampler's indices (dense: `frames` frames `stride` apart, centred in the "
                            "clip or window; uniform: the centres of `frames` equal segments); RGB uint8 -> short "
                            "side scaled to `short_side` (bilinear, antialiased) -> centre crop `size` -> /255 -> "
