@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .analysis import count_model
@@ -109,7 +110,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Top-k classes of each video file; unreadable files get an error line and do not stop the others."""
-    from .engine.predict import load_run, predict_files
+    from .engine.inputs import stream_predictions
+    from .engine.predict import load_run
 
     try:
         run = load_run(args.checkpoint)
@@ -118,8 +120,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"videoformer predict: {err}", file=sys.stderr)
         return 2
-    results = predict_files(run, args.videos, k, s, args.topk)
-    for r in results:
+    if args.window is not None or args.stride is not None:
+        return _predict_timelines(args, run)
+    failed = False
+    for r in stream_predictions(run, args.videos, k, s, args.topk):
+        failed |= "error" in r
         if args.json:
             print(json.dumps(r, allow_nan=False))
         elif "error" in r:
@@ -128,7 +133,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
             preds = "; ".join(f"{head}: " + ", ".join(f"{p['class']} {p['score']:.3f}" for p in ps)
                               for head, ps in r["predictions"].items())
             print(f"{r['path']}: {preds}")
-    return 1 if any("error" in r for r in results) else 0
+    return 1 if failed else 0
+
+
+def _predict_timelines(args: argparse.Namespace, run) -> int:
+    """``predict --window/--stride``: a timeline (JSON, CSV, PNG) of sliding-window scores per video."""
+    from .data import VideoReadError
+    from .engine.inputs import expand_videos
+    from .engine.timeline import timeline, write_timeline
+
+    k, s = _views(args.views) if args.views else (1, 1)
+    if k != 1:
+        print(f"videoformer predict: --window scores one clip per window; use --views 1x{s}", file=sys.stderr)
+        return 2
+    failed, stems = False, set()
+    for path in expand_videos(args.videos):
+        try:
+            tl = timeline(run, path, args.window, args.stride, s)
+        except (VideoReadError, ValueError, OSError) as err:  # missing, unreadable, non-finite scores
+            failed = True
+            print(f"{path}: error: {err}", file=sys.stderr)
+            continue
+        stem = Path(path).stem
+        stem = next(f"{stem}-{n}" if n else stem for n in range(len(stems) + 1)
+                    if (f"{stem}-{n}" if n else stem) not in stems)  # two videos named alike in one call
+        stems.add(stem)
+        files = write_timeline(tl, args.out, args.topk, stem)
+        if args.json:
+            print(json.dumps(tl.to_dict(args.topk), allow_nan=False))
+        else:
+            print(f"{path}: {len(tl.windows)} windows of {tl.window:g} s every {tl.stride:g} s -> "
+                  f"{', '.join(map(str, files))}")
+        for err in tl.errors:
+            print(f"{path}: skipped {err}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -233,11 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="class scores of video files from a trained checkpoint")
     pr.add_argument("checkpoint", help="run directory or checkpoint file")
-    pr.add_argument("videos", nargs="+", metavar="VIDEO")
+    pr.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, folders (every video below), glob "
+                    "patterns, or - to read paths from stdin as they come")
     pr.add_argument("--topk", type=int, default=5, help="classes shown per file (per head)")
     pr.add_argument("--views", help="KxS views whose scores are averaged per file (default 4x3; 1x3 for "
                     "compressed-domain runs)")
     pr.add_argument("--json", action="store_true", help="one JSON object per file (JSON lines)")
+    pr.add_argument("--window", type=float, metavar="SEC", help="slide windows of SEC seconds over each video and "
+                    "write a timeline (JSON, CSV, PNG) to --out (default window: one clip's span)")
+    pr.add_argument("--stride", type=float, metavar="SEC", help="seconds between window starts (default: --window)")
+    pr.add_argument("--out", default="timeline", help="folder of the timelines (default ./timeline)")
     pr.set_defaults(handler=cmd_predict)
 
     cv = sub.add_parser("convert", help="a pretrained checkpoint (official release, Hugging Face, run) -> a "
