@@ -233,6 +233,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    """Pre-logits embeddings of every clip window of a dataset's videos (safetensors + index.csv), resumable."""
+    from .data import AnnotationError, ExtractError
+    from .engine.features import extract_features
+
+    try:
+        res = extract_features(args.source, args.dataset, args.out, args.window, args.stride, workers=args.workers)
+    except (ValueError, OSError, ExtractError, AnnotationError) as err:  # bad source, dataset, window; OUT unwritable
+        print(f"videoformer features: {err}", file=sys.stderr)
+        return 2
+    print(f"{res.root}: {res.done} videos computed, {res.reused} reused, {len(res.failed)} failed -> {res.index}")
+    for path, err in res.failed[:20]:
+        print(f"  failed: {path}: {err}", file=sys.stderr)
+    return 1 if res.failed else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build the synthetic action dataset, train the tiny models, write report.md."""
     from .engine.demo import main as demo_main
@@ -316,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--format", choices=("onnx", "exported-program"), default="onnx")
     xp.add_argument("--dynamic-batch", action="store_true", help="leave the batch axis free (default: batch 1)")
     xp.set_defaults(handler=cmd_export)
+
+    fe = sub.add_parser("features", help="one pre-logits embedding per clip window of every video of a dataset")
+    fe.add_argument("source", help="run directory, checkpoint, or anything load_pretrained reads")
+    fe.add_argument("dataset", help="a folder (every video below it), a CSV path,label[,...] or one video file")
+    fe.add_argument("out", help="output folder: <relative path>.safetensors per video, index.csv, features.json")
+    fe.add_argument("--window", type=float, metavar="SEC", help="window length (default: one clip's span)")
+    fe.add_argument("--stride", type=float, metavar="SEC", help="seconds between window starts (default: --window)")
+    fe.add_argument("--workers", type=int, default=1, help="parallel processes, one model each (default 1)")
+    fe.set_defaults(handler=cmd_features)
 
     de = sub.add_parser("demo", help="synthetic action dataset -> train tiny models -> measured report.md")
     de.add_argument("--out", default="demo_out", help="output folder (dataset, runs, report.md)")
