@@ -1,7 +1,7 @@
 """Long and untrimmed videos: class scores of sliding windows (``videoformer predict --window SEC --stride SEC``).
 
 A window ``[start, start + window)`` seconds is a segment of the video, read exactly as ``eval`` reads an
-annotated segment: a :class:`~videoformer.data.VideoRecord` with ``start`` / ``end`` through the run's test
+annotated segment: a :class:`~videoformer.data.VideoRecord` of the window's frames through the run's test
 dataset (:func:`~.data.video_dataset`: the weights' preprocessing, the sampler placing the clip inside the
 window, ``S`` spatial crops), so the scores of a window covering a whole clip are ``predict``'s scores of that
 clip. Windows are decoded one at a time (``read_clip`` seeks to the frames of that window only) and scored in
@@ -64,13 +64,24 @@ def sliding_windows(duration: float, window: float, stride: float) -> list[Windo
     return [Window(k * stride, k * stride + window) for k in range(count)]
 
 
+def window_frames(path: str, windows: Sequence[Window]) -> list[tuple[int, int]]:
+    """``[first, stop)`` frames of each window: the frames shown at its start and end (by presentation
+    timestamps); a window reaching the end of the video keeps the last frame."""
+    ix = frame_index(path)
+    duration = ix.info().duration
+    starts = ix.index_at(np.array([w.start for w in windows]))
+    stops = ix.index_at(np.array([w.end for w in windows]))
+    stops = np.where(np.array([w.end for w in windows]) >= duration - 1e-6, ix.num_frames, stops)
+    return [(int(a), max(int(b), int(a) + 1)) for a, b in zip(starts, stops)]
+
+
 def window_batches(run: LoadedRun, path: str, windows: Sequence[Window], num_crops: int = 1,
                    batch_size: int | None = None, progress: bool | None = False
                    ) -> Iterator[tuple[list[int], Any, list[tuple[int, str]]]]:
     """``(window indices, views, [(index, error)])`` batches of the run's test views of each window: RGB
     ``(B, S, 3, T, H, W)`` or compressed-domain ``{modality: (B, S, ...)}``; an unreadable window is reported,
     never substituted. ``progress``: a tqdm bar over the windows (None: only on a terminal)."""
-    records = [VideoRecord(path, -1, start=w.start, end=w.end) for w in windows]
+    records = [VideoRecord(path, -1, start_frame=a, stop_frame=b) for a, b in window_frames(path, windows)]
     dataset = video_dataset(run.cfg, records, run.model, train=False, num_clips=1, num_crops=num_crops)
     loader = DataLoader(EvalItems(dataset, num_crops), batch_size=batch_size or run.cfg.eval.batch_size,
                         num_workers=run.cfg.data.num_workers, collate_fn=collate_eval)
