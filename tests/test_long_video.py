@@ -181,3 +181,49 @@ def test_one_preprocessing_everywhere(tmp_path: Path) -> None:
         evaluation = evaluate_run(load_run(weights, [f"data.root={tmp_path}", "data.format=csv",
                                                      "data.val=val.csv"]), 1, 1)
         assert evaluation.num_videos == 1 and evaluation.top1 == top1
+
+
+def _readme_blocks() -> tuple[list[str], str]:
+    """The shell commands and the Python snippet of README's export / features / long videos section."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text[text.index("## Export, features and long videos"):]
+    section = section[: section.index("\n## ", 4)]
+    blocks = section.split("```")[1::2]
+    commands = [line for line in blocks[0].splitlines() if line.strip()]
+    python = next(b for b in blocks if b.startswith("python"))[len("python"):]
+    return commands, python
+
+
+def test_readme_commands(run: Path, untrimmed: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Every command of the section, as written, in a folder holding the files it names."""
+    import shlex
+    import subprocess
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "colours").symlink_to(run)
+    (tmp_path / "match.mp4").symlink_to(untrimmed)
+    rng = np.random.default_rng(3)
+    for name, tint in (("videos/a.mp4", 0), ("videos/b.mp4", 2), ("more/c.mp4", 1), ("data/short.mp4", 1)):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        write_video(tmp_path / name, colour_clip(tint, rng, frames=12))
+    (tmp_path / "data" / "match.mp4").symlink_to(untrimmed)
+    monkeypatch.chdir(tmp_path)
+    commands, python = _readme_blocks()
+    assert len(commands) == 6
+    for line in commands:
+        producer, _, command = line.rpartition("| ")
+        argv = shlex.split(command)
+        assert argv[0] == "videoformer", line
+        if producer:
+            listed = subprocess.run(producer, shell=True, capture_output=True, text=True, check=True).stdout
+            monkeypatch.setattr("sys.stdin", io.StringIO(listed))
+        capsys.readouterr()
+        assert cli_main(argv[1:]) == 0, line
+        out = capsys.readouterr().out
+        if producer:
+            assert sorted(Path(json.loads(l)["path"]).name for l in out.splitlines()) == ["a.mp4", "b.mp4"]
+    assert {p.name for p in (tmp_path / "exported" / "onnx").iterdir()} == {"model.onnx", "preprocessing.json"}
+    assert (tmp_path / "exported" / "program" / "model.pt2").is_file()
+    assert (tmp_path / "timeline" / "match.timeline.png").is_file()
+    exec(compile(python, "README.md", "exec"), {})
+    assert (tmp_path / "features" / "index.csv").read_text().count("\n") == 3
