@@ -52,6 +52,20 @@ def test_sliding_windows() -> None:
         sliding_windows(10.0, 0.0, 1.0)
 
 
+def test_timeline_errors(run: Path, untrimmed: Path, tmp_path: Path, capsys) -> None:
+    for bad in (["--window", "0"], ["--stride", "-1"], ["--window", "nan"], ["--window", "2", "--views", "2x1"]):
+        assert cli_main(["predict", str(run), str(untrimmed), *bad, "--out", str(tmp_path)]) == 2
+        assert "videoformer predict:" in capsys.readouterr().err
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    assert cli_main(["predict", str(run), str(broken), str(untrimmed), "--window", "6", "--out",
+                     str(tmp_path / "t")]) == 1  # the readable one is still done
+    captured = capsys.readouterr()
+    assert "broken.mp4: error:" in captured.err and "match.mp4: 2 windows of 6 s every 6 s" in captured.out
+    with pytest.raises(ValueError, match="--stride"):
+        extract_features(run, untrimmed, tmp_path / "f", stride=0.0)
+
+
 def test_timeline_follows_the_segments(run: Path, untrimmed: Path, tmp_path: Path, capsys) -> None:
     assert cli_main(["predict", str(run), str(untrimmed), "--window", "2", "--stride", "1", "--topk", "2",
                      "--out", str(tmp_path)]) == 0

@@ -140,11 +140,15 @@ def _predict_timelines(args: argparse.Namespace, run) -> int:
     """``predict --window/--stride``: a timeline (JSON, CSV, PNG) of sliding-window scores per video."""
     from .data import VideoReadError
     from .engine.inputs import expand_videos
-    from .engine.timeline import timeline, write_timeline
+    from .engine.timeline import check_window, timeline, write_timeline
 
-    k, s = _views(args.views) if args.views else (1, 1)
-    if k != 1:
-        print(f"videoformer predict: --window scores one clip per window; use --views 1x{s}", file=sys.stderr)
+    try:
+        check_window(args.window, args.stride)
+        k, s = _views(args.views) if args.views else (1, 1)
+        if k != 1:
+            raise ValueError(f"--window scores one clip per window; use --views 1x{s}")
+    except ValueError as err:
+        print(f"videoformer predict: {err}", file=sys.stderr)
         return 2
     failed, stems = False, set()
     for path in expand_videos(args.videos):
@@ -154,9 +158,9 @@ def _predict_timelines(args: argparse.Namespace, run) -> int:
             failed = True
             print(f"{path}: error: {err}", file=sys.stderr)
             continue
-        stem = Path(path).stem
-        stem = next(f"{stem}-{n}" if n else stem for n in range(len(stems) + 1)
-                    if (f"{stem}-{n}" if n else stem) not in stems)  # two videos named alike in one call
+        stem, n = Path(path).stem, 1
+        while stem in stems:  # two videos named alike in one call
+            stem, n = f"{Path(path).stem}-{n}", n + 1
         stems.add(stem)
         files = write_timeline(tl, args.out, args.topk, stem)
         if args.json:

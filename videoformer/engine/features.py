@@ -35,7 +35,7 @@ from ..data.prepare import _die_with_parent, _scan
 from ..fileio import atomic_write, atomic_write_text, remove_stale_temp
 from .evaluate import autocast, to_device
 from .predict import LoadedRun, load_run
-from .timeline import clip_seconds, sliding_windows, video_duration, window_batches
+from .timeline import check_window, clip_seconds, sliding_windows, video_duration, window_batches
 
 VERSION = 1
 
@@ -175,8 +175,7 @@ def extract_features(source: str | os.PathLike, dataset: str | os.PathLike, out:
     ``load_pretrained`` reads) into ``out`` (see the module docstring). Unreadable videos are listed in
     ``result.failed``; an unusable dataset or source raises (``ExtractError``, ``CheckpointError``, ...)."""
     settings = Settings(window, stride, num_crops, batch_size)
-    if window is not None or stride is not None:
-        sliding_windows(1.0, window or 1.0, stride or window or 1.0)  # bad values fail before any work
+    check_window(window, stride)  # bad values fail before any work
     run = load_run(source)
     dataset = Path(os.path.abspath(dataset))
     if dataset.is_file() and dataset.suffix.lower() != ".csv":

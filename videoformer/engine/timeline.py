@@ -53,11 +53,17 @@ def clip_seconds(run: LoadedRun, fps: float) -> float:
     return ((pre.num_frames - 1) * pre.stride + 1) / fps
 
 
+def check_window(window: float | None, stride: float | None) -> None:
+    """``ValueError`` unless each given value is a positive, finite number of seconds."""
+    for name, value in (("--window", window), ("--stride", stride)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+
+
 def sliding_windows(duration: float, window: float, stride: float) -> list[Window]:
     """Windows ``[k * stride, k * stride + window)`` that fit in ``duration`` seconds; a video shorter than one
     window gets one window over all of it. The tail after the last window that fits is not scored."""
-    if not (window > 0 and stride > 0 and math.isfinite(window) and math.isfinite(stride)):
-        raise ValueError(f"--window and --stride must be positive seconds, got {window} and {stride}")
+    check_window(window, stride)
     if duration <= window:
         return [Window(0.0, duration)]
     count = int(math.floor((duration - window) / stride + 1e-9)) + 1
