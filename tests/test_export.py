@@ -4,7 +4,6 @@ program read back with ``torch.export.load``; ``preprocessing.json`` beside each
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

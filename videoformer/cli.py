@@ -2,7 +2,9 @@
 ``train`` (a YAML config with ``key=value`` overrides), ``eval`` (multi-view testing of a run or checkpoint),
 ``predict`` (class scores of video files), ``convert`` (any pretrained checkpoint -> a videoformer directory),
 ``extract`` (compressed-domain cache of a dataset), ``rollout``
-(attention-rollout overlays), ``demo`` (the synthetic-action demo behind ``make demo``).
+(attention-rollout overlays), ``export`` (ONNX / torch.export with preprocessing.json), ``features`` (pre-logits
+embeddings per clip window), ``demo`` (the synthetic-action demo behind ``make demo``); ``predict --window``
+writes sliding-window timelines.
 
 Each subcommand is a parser in :func:`build_parser` and a handler.
 """
@@ -223,7 +225,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """A run or pretrained model -> ONNX or a torch.export program, with preprocessing.json beside it."""
-    from .engine.export import ExportError, export_model
+    from .engine.export import export_model
 
     try:
         result = export_model(args.source, args.out, args.format, args.dynamic_batch)
@@ -239,12 +241,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_features(args: argparse.Namespace) -> int:
     """Pre-logits embeddings of every clip window of a dataset's videos (safetensors + index.csv), resumable."""
-    from .data import AnnotationError, ExtractError
     from .engine.features import extract_features
 
     try:
         res = extract_features(args.source, args.dataset, args.out, args.window, args.stride, workers=args.workers)
-    except (ValueError, OSError, ExtractError, AnnotationError) as err:  # bad source, dataset, window; OUT unwritable
+    except (ValueError, OSError) as err:  # bad source, dataset (ExtractError), window; OUT unwritable
         print(f"videoformer features: {err}", file=sys.stderr)
         return 2
     print(f"{res.root}: {res.done} videos computed, {res.reused} reused, {len(res.failed)} failed -> {res.index}")
