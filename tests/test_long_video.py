@@ -241,3 +241,16 @@ def test_readme_commands(run: Path, untrimmed: Path, tmp_path: Path, monkeypatch
     assert (tmp_path / "timeline" / "match.timeline.png").is_file()
     exec(compile(python, "README.md", "exec"), {})
     assert (tmp_path / "features" / "index.csv").read_text().count("\n") == 3
+
+
+def test_mmvit_directory_timeline_and_features(tmp_path: Path, capsys) -> None:
+    """A pretrained MM-ViT directory reads the compressed domain with no override: windows of an MPEG-4 video."""
+    rng = np.random.default_rng(4)
+    video = tmp_path / "clip.mp4"
+    write_video(video, np.concatenate([colour_clip(c, rng, frames=25) for c in (0, 1, 2)]), codec="mpeg4")
+    create_model("mmvit_tiny_merged", num_classes=3, modalities=("iframe", "mv", "residual")).save_pretrained(
+        tmp_path / "mm")
+    assert cli_main(["predict", str(tmp_path / "mm"), str(video), "--window", "1", "--out", str(tmp_path)]) == 0
+    assert "3 windows of 1 s every 1 s" in capsys.readouterr().out
+    z, start, _, _ = video_features(load_run(tmp_path / "mm"), video, Settings(window=1.0))
+    assert z.shape == (3, 64) and start.tolist() == [0.0, 1.0, 2.0]
