@@ -173,11 +173,13 @@ class MMViT(VideoModel):
                 layout = f"(B, T, {chans})" if m == "audio" else f"(B, T, {chans}, H, W)"
                 raise MissingModalityError(f"{m}: expected {layout}, got {tuple(x.shape)}")
             out[m] = x if x.dtype == dtype else x.to(dtype)
-        shapes = {m: tuple(x.shape[:2]) for m, x in out.items()}
-        if len(set(shapes.values())) > 1:
+        first = next(iter(out.values())).shape[:2]
+        if any(x.shape[0] != first[0] or x.shape[1] != first[1] for x in out.values()):  # traceable (no set of sizes)
+            shapes = {m: tuple(x.shape[:2]) for m, x in out.items()}
             raise MissingModalityError(f"modalities differ in batch size or frames (B, T): {shapes}")
-        sizes = {m: tuple(out[m].shape[-2:]) for m in out if m in VISUAL}
-        if len(set(sizes.values())) > 1:
+        visual = [out[m].shape[-2:] for m in out if m in VISUAL]
+        if any(s[0] != visual[0][0] or s[1] != visual[0][1] for s in visual):
+            sizes = {m: tuple(out[m].shape[-2:]) for m in out if m in VISUAL}
             raise MissingModalityError(f"visual modalities differ in size (H, W): {sizes}")
         return out
 
