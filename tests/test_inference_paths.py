@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from videoformer.analysis import count_macs
-from videoformer.layers import AxisAttention, attend, fused_attention
+from videoformer.layers import AxisAttention, attend
 from videoformer.layers import attention as attention_module
 from videoformer.layers.linear import _DERIVED, apply_linear
 from videoformer.models import create_model
@@ -89,13 +89,26 @@ def test_cpu_half_attention_matches_fp32(dtype: torch.dtype, shape: tuple[int, .
             autocast = attend(q, k, v)
         monkeypatch.setattr(attention_module, "_SCORE_BYTES", 1)  # one sequence per chunk
         chunked = attend(*(t.to(dtype) for t in (q, k, v)))
-        with fused_attention(False):
-            manual = attend(*(t.to(dtype) for t in (q, k, v)))
+        manual = attend(*(t.to(dtype) for t in (q, k, v)), fused=False)
     assert half.dtype == autocast.dtype == dtype and half.shape == reference.shape
     tol = 2e-2 if dtype == torch.bfloat16 else 2e-3
     for out in (half, autocast, chunked, manual):
         torch.testing.assert_close(out.float(), reference, atol=tol, rtol=tol)
     torch.testing.assert_close(chunked, half, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("rows", [1 << 20, 1])  # whole sequences per chunk, one query row per chunk
+def test_cpu_half_attention_honours_the_mask(rows: int, monkeypatch) -> None:
+    """The co-attention mask (no key at the query's own position) holds on the chunked path too."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 16, generator=gen) for _ in range(3))
+    mask = ~torch.eye(5, dtype=torch.bool)
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    monkeypatch.setattr(attention_module, "_SCORE_BYTES", rows)
+    with torch.no_grad():
+        half = attend(*(t.bfloat16() for t in (q, k, v)), mask=mask)
+    assert not torch.allclose(reference, F.scaled_dot_product_attention(q, k, v), atol=0.1)  # the mask matters
+    torch.testing.assert_close(half.float(), reference, atol=2e-2, rtol=2e-2)
 
 
 def test_training_keeps_sdpa_gradients() -> None:

@@ -34,6 +34,14 @@ class LoadedRun:
     source: str
     device: torch.device
 
+    def __post_init__(self) -> None:
+        self.precision  # fp16 without a GPU fails when the run is loaded, before any video is read
+
+    @property
+    def precision(self) -> str:
+        """The autocast of its forward passes: ``eval.precision``, else ``train.precision``."""
+        return eval_precision(self.cfg, self.device)
+
     @property
     def head_names(self) -> list[str]:
         return list(self.classes) if isinstance(self.classes, dict) else ["class"]
@@ -86,6 +94,8 @@ def _load_pretrained_run(path: Path, overrides: Sequence[str]) -> LoadedRun:
         raise CheckpointError(f"{path} is neither a videoformer run nor a pretrained model: {err}") from None
     cfg = Config()
     cfg.model.name = model.registry_name
+    if hasattr(model, "input_shapes"):  # MM-ViT reads the compressed domain (MPEG-4 re-encodes)
+        cfg.data.input = "compressed"
     for override in overrides:
         apply_override(cfg, override)
     validate(cfg)
@@ -105,8 +115,8 @@ def evaluate_run(run: LoadedRun, num_clips: int | None = None, num_crops: int | 
     ann = read_split(cfg.data, "val", run.classes if isinstance(run.classes, list) else None)
     check_labels(ann, run.heads, "val")
     dataset = video_dataset(cfg, ann.records, run.model, train=False, num_clips=k, num_crops=s)
-    precision = eval_precision(cfg, run.device)
-    result = evaluate(run.model, dataset, run.heads, k, s, cfg.eval.batch_size, run.device, precision, shuffle_seed, cfg.data.num_workers, progress, source=run.source)
+    result = evaluate(run.model, dataset, run.heads, k, s, cfg.eval.batch_size, run.device, run.precision,
+                      shuffle_seed, cfg.data.num_workers, progress, source=run.source)
     result.skipped += ann.missing
     return result
 
@@ -118,7 +128,6 @@ def predict_files(run: LoadedRun, paths: Sequence[str], num_clips: int | None = 
     inf (never printed as scores)."""
     cfg = run.cfg
     k, s = num_clips or cfg.eval.num_clips, num_crops or cfg.eval.num_crops
-    precision = eval_precision(cfg, run.device)
     labels = tuple(-1 for _ in run.heads) if len(run.heads) > 1 else -1
     records = [VideoRecord(os.fspath(p), labels) for p in paths]
     items = EvalItems(video_dataset(cfg, records, run.model, train=False, num_clips=k, num_crops=s), k * s)
@@ -127,12 +136,11 @@ def predict_files(run: LoadedRun, paths: Sequence[str], num_clips: int | None = 
         if not os.path.isfile(path):
             out.append({"path": str(path), "error": "file not found"})
             continue
-        views, _, _, error = items[i]
-        if error:
-            out.append({"path": str(path), "error": error})
+        batch, bad = items.collate([items[i]])
+        if bad:
+            out.append({"path": str(path), "error": bad[0][1]})
             continue
-        batch = {m: v[None] for m, v in views.items()} if isinstance(views, dict) else views[None]
-        scores = predict_scores(run.model, batch, run.heads, run.device, precision)
+        scores = predict_scores(run.model, batch, run.heads, run.device, run.precision)
         try:
             check_scores(scores, [str(path)], run.source)
         except EvaluationError as err:
