@@ -77,6 +77,20 @@ def test_fold_changes_neither_state_dict_nor_mac_count() -> None:
     assert count_macs(model, (3, 4, 32, 32)).macs == count_macs(meta, (3, 4, 32, 32)).macs
 
 
+def test_traced_model_is_the_model_as_defined() -> None:
+    """The TorchScript tracer (ONNX export) sees neither the oneDNN op nor the fold, even after eager inference
+    built their caches."""
+    model = create_model(NAME).eval()
+    randomize(model, 0)
+    x = clip(1)
+    with torch.no_grad():
+        eager = model(x)
+        traced = torch.jit.trace(model, (x,))
+        graph = str(traced.inlined_graph)
+        torch.testing.assert_close(traced(x), eager, atol=1e-5, rtol=1e-5)
+    assert "mkldnn" not in graph and graph.count("aten::linear") >= 2 * len(extra_projections(model))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(2, 3, 5, 16), (1, 2, 40, 8)])
 def test_cpu_half_attention_matches_fp32(dtype: torch.dtype, shape: tuple[int, ...], monkeypatch) -> None:

@@ -24,7 +24,7 @@ from einops import rearrange
 from torch import nn
 
 from .grid import Grid, Grouping
-from .linear import apply_linear, derived, linear
+from .linear import apply_linear, derived, linear, watched
 from .spec import SHIFT_MERGE, PrefixMode, Sublayer
 
 Recorder = Callable[[torch.Tensor], None]
@@ -36,7 +36,9 @@ _SCORE_BYTES = 1 << 20  # score-tensor budget of one chunk of the CPU half-preci
 
 def _cpu_half_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.dtype | None:
     """The bf16 / fp16 dtype an inference-only CPU attention call computes in (inputs or autocast), else None."""
-    if q.device.type != "cpu" or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+    if q.device.type != "cpu" or watched():
+        return None
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return None
     if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in _HALF:
         return torch.get_autocast_dtype("cpu")
@@ -152,11 +154,11 @@ class Projections(nn.Module):
                                 torch.addmv(self.fc.bias, self.fc.weight, self.proj.bias)))
 
     def project(self, out: torch.Tensor) -> torch.Tensor:
-        """Output projection (and the extra one). Folded in eval mode without autograd, unless a dispatch mode
-        (the MAC counter, ``FlopCounterMode``, tracing) watches the ops: it sees the model as defined."""
+        """Output projection (and the extra one). Folded in eval mode without autograd, unless something
+        :func:`~videoformer.layers.linear.watched` records the ops: it sees the model as defined."""
         if self.fc is None:
             return self.proj_drop(apply_linear(self.proj, out))
-        if self.training or torch.is_grad_enabled() or torch._C._len_torch_dispatch_stack():
+        if self.training or torch.is_grad_enabled() or watched():
             return self.fc(self.proj_drop(self.proj(out)))
         return linear(out, *self.folded_proj(), owner=self, tag="fold")
 

@@ -4,8 +4,8 @@ PyTorch's CPU ``F.linear`` is ``addmm``: the bias is first copied into the outpu
 product; with the MKL build on AMD CPUs that GEMM does not use AVX-512. oneDNN's linear
 (``torch.ops.mkldnn._linear_pointwise``, the kernel of Inductor's CPU backend) adds the bias and a GELU inside
 the GEMM. Measured on TimeSformer-B's shapes (2-core AVX-512 EPYC, 1 thread): fp32 2.0× faster, bf16 1.05-1.3×
-(``benchmarks/README.md``). :func:`linear` takes that path for inference on the CPU -- no autograd, no
-dispatch mode watching (the MAC counter and ``FlopCounterMode`` see ``F.linear`` as before) -- and is
+(``benchmarks/README.md``). :func:`linear` takes that path for inference on the CPU -- no autograd, nothing
+:func:`watched` (the MAC counter, ``FlopCounterMode`` and the exporters see ``F.linear`` as before) -- and is
 ``F.linear`` (plus the activation) everywhere else. Under CPU bf16 autocast the bf16 weights are cast once and
 cached for the module (:func:`derived`), where autocast casts them again on every forward.
 """
@@ -26,6 +26,13 @@ _PLAIN_ACTS: dict[str | None, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def watched() -> bool:
+    """Whether something records the ops (a dispatch mode: the MAC counter, ``FlopCounterMode``,
+    ``torch.export``; the TorchScript tracer of the ONNX exporter): inference-only paths then run the model
+    as defined."""
+    return bool(torch._C._len_torch_dispatch_stack()) or torch.jit.is_tracing()
+
+
 @functools.cache
 def onednn_available() -> bool:
     """Whether this build has the oneDNN linear kernel and it agrees with ``F.linear`` (probed once)."""
@@ -44,7 +51,7 @@ def onednn_available() -> bool:
 def onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     """The dtype an inference-only CPU linear computes in (fp32, or bf16 from the inputs or CPU autocast);
     None where :func:`linear` must be ``F.linear`` (autograd, a dispatch mode, other devices / dtypes)."""
-    if x.device.type != "cpu" or torch._C._len_torch_dispatch_stack():
+    if x.device.type != "cpu" or watched():
         return None
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return None
