@@ -46,6 +46,32 @@ def test_folded_temporal_fc_equals_unfolded() -> None:
     torch.testing.assert_close(folded, unfolded, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["mmvit_tiny_coattn", "mmvit_tiny_shiftmerge", "mmvit_tiny_local", "msca_tiny",
+                                  "tokenshift_tiny", "vivit_tiny_fdp", "timesformer_tiny_local_global"])
+def test_inference_paths_equal_the_definition_for_every_spec(name: str) -> None:
+    """Specs with an extra ``fc`` (MM-ViT's added sublayers, shift-merge), masks (co-attention), q/k/v hooks
+    (MSCA), window post-ops and head groups: inference without autograd (fold, oneDNN, chunked half attention)
+    gives what autograd-on execution of the same model and precision gives."""
+    model = create_model(name).eval()
+    randomize(model, 0)
+    gen = torch.Generator().manual_seed(1)
+    if hasattr(model, "input_shapes"):  # MM-ViT: one input per modality
+        inputs = {m: torch.randn(1, *shape, generator=gen) for m, shape in model.input_shapes().items()}
+        run = lambda: model(**inputs)  # noqa: E731
+    else:
+        video = torch.randn(1, 3, model.cfg.num_frames, model.cfg.img_size, model.cfg.img_size, generator=gen)
+        run = lambda: model(video)  # noqa: E731
+    outputs = {}
+    for autograd in (True, False):
+        with torch.set_grad_enabled(autograd):
+            outputs["fp32", autograd] = run().detach()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outputs["bf16", autograd] = run().detach().float()
+    assert all(("fold" in _DERIVED.get(m, {})) == (m.fc is not None) for m in model.modules() if hasattr(m, "fc"))
+    torch.testing.assert_close(outputs["fp32", False], outputs["fp32", True], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outputs["bf16", False], outputs["bf16", True], atol=1e-2, rtol=1e-2)
+
+
 def test_fold_follows_weight_changes() -> None:
     model = create_model(NAME).eval()
     randomize(model, 0)
