@@ -35,7 +35,7 @@ class LoadedRun:
     device: torch.device
 
     def __post_init__(self) -> None:
-        self.precision  # fp16 without a GPU fails when the run is loaded, before any video is read
+        eval_precision(self.cfg, self.device)  # fp16 without a GPU fails on loading, before any video is read
 
     @property
     def precision(self) -> str:
