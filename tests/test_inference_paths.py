@@ -103,6 +103,7 @@ def test_fold_changes_neither_state_dict_nor_mac_count() -> None:
     assert count_macs(model, (3, 4, 32, 32)).macs == count_macs(meta, (3, 4, 32, 32)).macs
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:`torch.jit.trace")
 def test_traced_model_is_the_model_as_defined() -> None:
     """The TorchScript tracer (ONNX export) sees neither the oneDNN op nor the fold, even after eager inference
     built their caches."""
