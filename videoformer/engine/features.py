@@ -31,9 +31,10 @@ from safetensors.torch import save
 from tqdm import tqdm
 
 from ..data import VideoReadError
+from ..data.batch import Batch
 from ..data.prepare import _die_with_parent, _scan
 from ..fileio import atomic_write, atomic_write_text, remove_stale_temp
-from .evaluate import autocast, to_device
+from .evaluate import autocast
 from .predict import LoadedRun, load_run
 from .timeline import check_window, clip_seconds, sliding_windows, video_duration, window_batches
 
@@ -58,15 +59,13 @@ class FeaturesResult:
 
 
 @torch.no_grad()
-def embed(run: LoadedRun, views: Any) -> torch.Tensor:
-    """``(B, S, ...)`` test views (or a dict of them) -> ``(B, D)`` pre-logits embeddings averaged over S."""
-    first = next(iter(views.values())) if isinstance(views, dict) else views
-    b, s = first.shape[:2]
-    x = to_device({k: v.flatten(0, 1) for k, v in views.items()} if isinstance(views, dict) else views.flatten(0, 1),
-                  run.device)
+def embed(run: LoadedRun, batch: Batch) -> torch.Tensor:
+    """A test :class:`Batch` of ``S`` views per sample -> ``(B, D)`` pre-logits embeddings averaged over S."""
+    x = batch.flat_views().to(run.device)
+    model = run.model
     with autocast(run.device, run.cfg.train.precision):
-        z = run.model.forward_head(run.model.forward_features(x), pre_logits=True).float()
-    return z.unflatten(0, (b, s)).mean(1).cpu()
+        z = model.forward_head(model.forward_features(model.input_spec.select(x.inputs)), pre_logits=True).float()
+    return z.unflatten(0, (len(batch), batch.views or 1)).mean(1).cpu()
 
 
 def video_features(run: LoadedRun, path: str | os.PathLike, settings: Settings = Settings()
@@ -79,11 +78,11 @@ def video_features(run: LoadedRun, path: str | os.PathLike, settings: Settings =
     stride = settings.stride or window
     wins = sliding_windows(duration, window, stride)
     rows: dict[int, torch.Tensor] = {}
-    for index, views, bad in window_batches(run, path, wins, settings.num_crops, settings.batch_size, False):
+    for batch, bad in window_batches(run, path, wins, settings.num_crops, settings.batch_size, False):
         if bad:
             i, msg = bad[0]
             raise VideoReadError(path, f"window {wins[i].start:.2f}-{wins[i].end:.2f} s: {msg}")
-        rows.update(zip(index, embed(run, views)))
+        rows.update(zip(batch.index, embed(run, batch)))
     z = torch.stack([rows[i] for i in range(len(wins))])
     if not torch.isfinite(z).all():
         raise VideoReadError(path, f"{run.source} gives NaN / inf embeddings")

@@ -94,7 +94,7 @@ def _load_pretrained_run(path: Path, overrides: Sequence[str]) -> LoadedRun:
         raise CheckpointError(f"{path} is neither a videoformer run nor a pretrained model: {err}") from None
     cfg = Config()
     cfg.model.name = model.registry_name
-    if hasattr(model, "input_shapes"):  # MM-ViT reads the compressed domain (MPEG-4 re-encodes)
+    if model.input_spec.compressed:  # MM-ViT reads the compressed domain (MPEG-4 re-encodes)
         cfg.data.input = "compressed"
     for override in overrides:
         apply_override(cfg, override)

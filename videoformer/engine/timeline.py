@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data import VideoReadError, VideoRecord
+from ..data.batch import Batch
 from ..data.video import frame_index
 from ..fileio import atomic_write, atomic_write_text
-from .data import EvalItems, collate_eval, video_dataset
+from .data import EvalItems, video_dataset
 from .evaluate import check_scores, predict_scores
 from .predict import LoadedRun
 
@@ -83,19 +84,20 @@ def window_frames(path: str, windows: Sequence[Window]) -> list[tuple[int, int]]
 
 def window_batches(run: LoadedRun, path: str, windows: Sequence[Window], num_crops: int = 1,
                    batch_size: int | None = None, progress: bool | None = False
-                   ) -> Iterator[tuple[list[int], Any, list[tuple[int, str]]]]:
-    """``(window indices, views, [(index, error)])`` batches of the run's test views of each window: RGB
-    ``(B, S, 3, T, H, W)`` or compressed-domain ``{modality: (B, S, ...)}``; an unreadable window is reported,
-    never substituted. ``progress``: a tqdm bar over the windows (None: only on a terminal)."""
+                   ) -> Iterator[tuple[Batch | None, list[tuple[int, str]]]]:
+    """``(batch, [(index, error)])`` of the run's test views of the windows: a :class:`Batch` of ``S`` views
+    per window whose ``index`` are the window indices (None when no window of it is readable); an unreadable
+    window is reported, never substituted. ``progress``: a tqdm bar over the windows (None: only on a terminal)."""
     records = [VideoRecord(path, -1, start_frame=a, stop_frame=b) for a, b in window_frames(path, windows)]
-    dataset = video_dataset(run.cfg, records, run.model, train=False, num_clips=1, num_crops=num_crops)
-    loader = DataLoader(EvalItems(dataset, num_crops), batch_size=batch_size or run.cfg.eval.batch_size,
-                        num_workers=run.cfg.data.num_workers, collate_fn=collate_eval)
+    items = EvalItems(video_dataset(run.cfg, records, run.model, train=False, num_clips=1, num_crops=num_crops),
+                      num_crops)
+    loader = DataLoader(items, batch_size=batch_size or run.cfg.eval.batch_size,
+                        num_workers=run.cfg.data.num_workers, collate_fn=items.collate)
     with tqdm(total=len(records), desc=Path(path).name, unit="window", disable=None if progress is None else
               not progress, leave=False, dynamic_ncols=True) as bar:
-        for views, _, index, bad in loader:
-            yield index or [], views, bad
-            bar.update(len(index or []) + len(bad))
+        for batch, bad in loader:
+            yield batch, bad
+            bar.update((len(batch) if batch is not None else 0) + len(bad))
 
 
 @dataclass
@@ -142,14 +144,14 @@ def timeline(run: LoadedRun, path: str | os.PathLike, window: float | None = Non
     kept: list[int] = []
     scores: list[list[torch.Tensor]] = [[] for _ in run.heads]
     errors: list[str] = []
-    for index, views, bad in window_batches(run, path, wins, num_crops, batch_size, progress):
+    for batch, bad in window_batches(run, path, wins, num_crops, batch_size, progress):
         errors += [f"window {wins[i].start:.2f}-{wins[i].end:.2f} s: {msg}" for i, msg in bad]
-        if views is None:
+        if batch is None:
             continue
-        batch = predict_scores(run.model, views, run.heads, run.device, run.cfg.train.precision)
-        check_scores(batch, [f"{path} at {wins[i].start:.2f} s" for i in index], run.source)
-        kept += index
-        for k, s in enumerate(batch):
+        batch_scores = predict_scores(run.model, batch, run.heads, run.device, run.cfg.train.precision)
+        check_scores(batch_scores, [f"{path} at {wins[i].start:.2f} s" for i in batch.index], run.source)
+        kept += batch.index
+        for k, s in enumerate(batch_scores):
             scores[k].append(s)
     if not kept:
         raise VideoReadError(path, f"no window could be decoded ({errors[0] if errors else 'no window'})")

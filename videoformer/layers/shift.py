@@ -120,9 +120,10 @@ class Shift:
         frames = frame_grid(grid, type(self).__name__).frames
         return shift_frames(x, frames, dim, self.back, self.fwd, self.boundary, self.layout)
 
-    def apply_into(self, out: torch.Tensor, x: torch.Tensor, frames: int, dim: int) -> None:
-        """``out`` (a copy of ``x``) <- ``x`` shifted along ``dim``, writing only the shifted entries: the same
-        result as :meth:`apply` without copying the unshifted rest again."""
+    def shifted_parts(self, x: torch.Tensor, frames: int, dim: int) -> list[tuple[int, torch.Tensor]]:
+        """``(start, entries)`` along ``dim`` of ``x`` shifted: the only entries that differ from ``x`` in
+        :meth:`apply`'s result, so a copy of ``x`` with these written in is that result without copying the
+        unshifted rest again."""
         size = x.shape[dim]
         if self.back + self.fwd > size:
             raise ValueError(f"shift amounts back={self.back} + fwd={self.fwd} must fit in the {size} entries of "
@@ -131,10 +132,8 @@ class Shift:
             regions = [(0, self.fwd, 0, self.fwd, "back_fwd"), (size - self.back, self.back, self.back, 0, "back_fwd")]
         else:
             regions = [(0, self.back + self.fwd, self.back, self.fwd, self.layout)]
-        for start, length, back, fwd, layout in regions:
-            if length:
-                part = shift_frames(x.narrow(dim, start, length), frames, dim, back, fwd, self.boundary, layout)
-                out.narrow(dim, start, length).copy_(part)
+        return [(start, shift_frames(x.narrow(dim, start, length), frames, dim, back, fwd, self.boundary, layout))
+                for start, length, back, fwd, layout in regions if length]
 
 
 @dataclass(frozen=True)
@@ -166,7 +165,12 @@ class FrameShift(Shift):
         out = qkv.clone()
         for i, name in enumerate("QKV"):
             if name in self.qkv:
-                self.apply_into(out.select(2, i), qkv.select(2, i), frames, dim)
+                for start, part in self.shifted_parts(qkv.select(2, i), frames, dim):
+                    # one indexed write into ``out`` (ONNX export traces it; a copy_ into a view of a view it
+                    # does not): [:, start:, i] for tokens, [:, :, i, start:] for heads
+                    where = (slice(None), slice(start, start + part.shape[1]), i) if dim == 1 else \
+                        (slice(None), slice(None), i, slice(start, start + part.shape[2]))
+                    out[where] = part
         return out
 
 

@@ -38,8 +38,10 @@ class OthersOnly:
     ``m``: the keys of the other modalities at the same ``(t, h, w)``)."""
 
     def __call__(self, length: int, device: torch.device | str) -> torch.Tensor:
-        """``(L, L)`` boolean, ``True`` where a query may attend."""
-        return ~torch.eye(length, dtype=torch.bool, device=device)
+        """``(L, L)`` boolean, ``True`` where a query may attend (an index comparison, not a boolean ``eye``:
+        ONNX has no boolean EyeLike kernel in onnxruntime)."""
+        pos = torch.arange(length, device=device)
+        return pos[:, None] != pos[None, :]
 
 
 @dataclass(frozen=True)
