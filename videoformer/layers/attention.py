@@ -226,14 +226,16 @@ class AxisAttention(AttentionModule, Projections):
             self.conv.bias.zero_()
 
     def _attend_group(self, qkv: torch.Tensor, grid: Grid, grouping: Grouping) -> torch.Tensor:
-        """``qkv``: ``(B, P + N, 3, heads_g, d)`` -> ``(B, P + N, heads_g, d)`` attention outputs.
+        """``qkv``: ``(B, P + N, 3, heads_g, d)`` -> ``(B, P + N, heads_g * d)`` attention outputs.
 
         The sequences of :meth:`Grouping.group` (same order) are gathered with one strided copy into
         ``(3, B·groups, heads_g, P + L, d)`` and the outputs scattered back with one, instead of einops round
         trips through ``(B·groups, L, 3·D)`` (~10 % of a TimeSformer-B sublayer's time in bf16)."""
         if grouping.is_whole(grid):  # one sequence, prefix tokens in place: no regrouping, no copies
-            q, k, v = qkv.permute(2, 0, 3, 1, 4)
-            return self.attend(q, k, v, self._mask(q.shape[2], q.device)).transpose(1, 2)
+            q, k, v = rearrange(qkv, "b n three k d -> three b k n d")
+            return rearrange(self.attend(q, k, v, self._mask(q.shape[2], q.device)), "b k n d -> b n (k d)")
+        if watched():  # an exporter traces: einops regrouping (it does not trace copies into views of views)
+            return self._attend_group_einops(qkv, grid, grouping)
         B, P, K, d = qkv.shape[0], grid.prefix, qkv.shape[3], qkv.shape[4]
         src, batch, seq, sizes = grouping.layout(grid)
         n, b_sizes, s_sizes = len(src), [sizes[a] for a in batch], [sizes[a] for a in seq]
@@ -251,7 +253,23 @@ class AxisAttention(AttentionModule, Projections):
             out[:, :, P:].unflatten(2, s_sizes).unflatten(0, [B, *b_sizes]))
         if P:  # prefix outputs averaged over the sequences
             result[:, :P] = out[:, :, :P].unflatten(0, (B, groups)).mean(dim=1).transpose(1, 2)
-        return result
+        return result.flatten(2)
+
+    def _attend_group_einops(self, qkv: torch.Tensor, grid: Grid, grouping: Grouping) -> torch.Tensor:
+        """:meth:`_attend_group` through :meth:`Grouping.group` / :meth:`Grouping.ungroup` round trips."""
+        B, P = qkv.shape[0], grid.prefix
+        body = grouping.group(rearrange(qkv[:, P:], "b n three k d -> b n (three k d)"), grid)
+        groups = body.shape[0] // B
+        if P:  # every sequence also sees the prefix tokens
+            pre = rearrange(qkv[:, :P], "b p three k d -> b p (three k d)")
+            body = torch.cat([pre.repeat_interleave(groups, dim=0), body], dim=1)
+        q, k, v = rearrange(body, "bg l (three k d) -> three bg k l d", three=3, d=self.head_dim)
+        out = rearrange(self.attend(q, k, v, self._mask(q.shape[2], q.device)), "bg k l d -> bg l (k d)")
+        grid_out = grouping.ungroup(out[:, P:], grid)
+        if not P:
+            return grid_out
+        pre_out = rearrange(out[:, :P], "(b g) p c -> b g p c", b=B).mean(dim=1)  # average over sequences
+        return torch.cat([pre_out, grid_out], dim=1)
 
     def _mask(self, length: int, device: torch.device) -> torch.Tensor | None:
         return None if self.spec.mask is None else self.spec.mask(length, device)
@@ -277,8 +295,8 @@ class AxisAttention(AttentionModule, Projections):
             out = self._attend_group(qkv, grid, self.spec.groupings[0])
         else:
             heads = qkv.chunk(len(self.spec.groupings), dim=3)
-            out = torch.cat([self._attend_group(h, grid, g) for h, g in zip(heads, self.spec.groupings)], dim=2)
-        out = self.project(out.flatten(2))
+            out = torch.cat([self._attend_group(h, grid, g) for h, g in zip(heads, self.spec.groupings)], dim=-1)
+        out = self.project(out)
         if self.spec.post is not None:
             out = self._window_conv(out, grid)
         if keep is not None:  # prefix tokens receive no update
