@@ -102,3 +102,27 @@ def test_predict_reports_bad_files_and_predicts_the_rest(run: Path, capsys) -> N
     assert "error" in lines[3] and lines[4]["error"] == "file not found"
     assert cli_main(["predict", str(run), good[0]]) == 0
     assert capsys.readouterr().out.startswith(f"{good[0]}: class: class0")
+
+
+def test_precision_for_eval_and_predict(run: Path, capsys) -> None:
+    """``--precision`` / ``eval.precision``: bf16 autocast really runs (scores move) and keeps every top-1."""
+    data = Path(load_config(run / "config.yaml").data.root)
+    videos = [str(data / "val" / f"class{c}" / f"v{i}.mp4") for c in range(3) for i in range(2)]
+
+    def predict(*flags: str) -> list[dict]:
+        capsys.readouterr()
+        assert cli_main(["predict", str(run), *videos, "--views", "2x1", "--topk", "3", "--json", *flags]) == 0
+        return [json.loads(l)["predictions"]["class"] for l in capsys.readouterr().out.splitlines()]
+
+    fp32, bf16 = predict("--precision", "fp32"), predict("--precision", "bf16")
+    assert [p[0]["class"] for p in bf16] == [p[0]["class"] for p in fp32]
+    gaps = [abs(a["score"] - b["score"]) for pa, pb in zip(fp32, bf16) for a, b in zip(pa, pb)]
+    assert 0 < max(gaps) < 0.05
+    one = _json(capsys, ["eval", str(run), "--json", "--precision", "bf16"])
+    same = _json(capsys, ["eval", str(run), "--json", "eval.precision=bf16"])
+    assert one["confusion"] == same["confusion"] and one["num_videos"] == 6
+    if not torch.cuda.is_available():
+        assert cli_main(["eval", str(run), "--precision", "fp16"]) == 2
+        assert "eval.precision=fp16 needs a GPU" in capsys.readouterr().err
+    assert cli_main(["eval", str(run), "eval.precision=fp8"]) == 2
+    assert "eval.precision: 'fp8' is not one of" in capsys.readouterr().err

@@ -254,3 +254,17 @@ def test_mmvit_directory_timeline_and_features(tmp_path: Path, capsys) -> None:
     assert "3 windows of 1 s every 1 s" in capsys.readouterr().out
     z, start, _, _ = video_features(load_run(tmp_path / "mm"), video, Settings(window=1.0))
     assert z.shape == (3, 64) and start.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_timeline_precision(run: Path, untrimmed: Path, tmp_path: Path, capsys) -> None:
+    """``predict --window --precision bf16`` really runs in bf16 (scores move) and keeps every window's top-1."""
+    def windows(precision: str) -> list[dict]:
+        capsys.readouterr()
+        assert cli_main(["predict", str(run), str(untrimmed), "--window", "6", "--json", "--precision", precision,
+                         "--out", str(tmp_path / precision)]) == 0
+        return [w["predictions"]["class"] for w in json.loads(capsys.readouterr().out)["windows"]]
+
+    fp32, bf16 = windows("fp32"), windows("bf16")
+    assert [w[0]["class"] for w in bf16] == [w[0]["class"] for w in fp32] and len(fp32) == 2
+    gaps = [abs(a["score"] - b["score"]) for wa, wb in zip(fp32, bf16) for a, b in zip(wa, wb)]
+    assert 0 < max(gaps) < 0.05

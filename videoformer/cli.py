@@ -79,13 +79,18 @@ def _views(text: str | None) -> tuple[int | None, int | None]:
     return parse_views(text) if text else (None, None)
 
 
+def _precision(precision: str | None) -> list[str]:
+    """``--precision`` as the ``eval.precision`` override."""
+    return [f"eval.precision={precision}"] if precision else []
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Multi-view test of a run's validation split: top-1, top-5, mean class accuracy, per-class, confusion."""
     from .engine.predict import evaluate_run, load_run
 
     try:
         k, s = _views(args.views)
-        run = load_run(args.run, args.overrides)
+        run = load_run(args.run, [*args.overrides, *_precision(args.precision)])
         result = evaluate_run(run, k, s, shuffle_seed=0 if args.shuffle_frames else None, progress=not args.json)
     except ValueError as err:  # config, annotation and checkpoint errors; no video scored; NaN / inf scores
         print(f"videoformer eval: {err}", file=sys.stderr)
@@ -116,7 +121,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.predict import load_run
 
     try:
-        run = load_run(args.checkpoint)
+        run = load_run(args.checkpoint, _precision(args.precision))
         compressed = run.cfg.data.input == "compressed"  # one TSN clip per video
         k, s = _views(args.views or ("1x3" if compressed else "4x3"))
     except ValueError as err:
@@ -261,6 +266,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(["--out", args.out] + (["--quick"] if args.quick else []))
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISION_HELP = ("autocast of the forward pass (eval.precision; default: train.precision); bf16 is faster on "
+                  "GPUs and on CPUs with AVX512-BF16 / AMX (benchmarks/README.md); fp16 needs a GPU")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videoformer", description="Video transformers: model info and tools.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -288,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--views", help="KxS: K temporal clips x S spatial crops (1 or 3), e.g. 4x3 (default: eval.*)")
     ev.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, mean_class_acc, ...)")
     ev.add_argument("--shuffle-frames", action="store_true", help="permute the frames of every view (MViT Table 9)")
+    ev.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     ev.set_defaults(handler=cmd_eval)
 
     pr = sub.add_parser("predict", help="class scores of video files from a trained checkpoint")
@@ -298,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--views", help="KxS views whose scores are averaged per file (default 4x3; 1x3 for "
                     "compressed-domain runs)")
     pr.add_argument("--json", action="store_true", help="one JSON object per file (JSON lines)")
+    pr.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     pr.add_argument("--window", type=float, metavar="SEC", help="slide windows of SEC seconds over each video and "
                     "write a timeline (JSON, CSV, PNG) to --out (default window: one clip's span)")
     pr.add_argument("--stride", type=float, metavar="SEC", help="seconds between window starts (default: --window)")

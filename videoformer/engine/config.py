@@ -117,6 +117,8 @@ class EvalConfig:
     num_clips: Annotated[int, AT_LEAST_1] = 1  # K temporal clips
     num_crops: Literal[1, 3] = 1  # S spatial crops
     batch_size: Annotated[int, AT_LEAST_1] = 8
+    # autocast of evaluation, predict and the validation pass of training; null: as train.precision
+    precision: Literal["fp32", "bf16", "fp16"] | None = None
 
 
 @dataclass

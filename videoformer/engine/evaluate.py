@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ..data import VideoDataset
 from ..data.batch import Batch
+from .config import Config, ConfigError
 from .data import EvalItems
 
 
@@ -28,6 +29,16 @@ def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def eval_precision(config: Config, device: torch.device) -> str:
+    """The precision evaluation and predict run in: ``eval.precision``, else ``train.precision``; fp16 needs a
+    GPU (as in training)."""
+    precision = config.eval.precision or config.train.precision
+    if precision == "fp16" and device.type != "cuda":
+        key = "eval.precision" if config.eval.precision else "train.precision"
+        raise ConfigError(f"{key}=fp16 needs a GPU; use bf16 on CPU (--precision bf16)")
+    return precision
 
 
 def split_heads(logits: torch.Tensor, heads: Sequence[int]) -> list[torch.Tensor]:

@@ -63,7 +63,7 @@ def embed(run: LoadedRun, batch: Batch) -> torch.Tensor:
     """A test :class:`Batch` of ``S`` views per sample -> ``(B, D)`` pre-logits embeddings averaged over S."""
     x = batch.flat_views().to(run.device)
     model = run.model
-    with autocast(run.device, run.cfg.train.precision):
+    with autocast(run.device, run.precision):
         z = model.forward_head(model.forward_features(model.input_spec.select(x.inputs)), pre_logits=True).float()
     return z.unflatten(0, (len(batch), batch.views or 1)).mean(1).cpu()
 

@@ -21,7 +21,7 @@ from .checkpoint import checkpoint_path
 from .config import Config, ConfigError, apply_override, config_from_dict, validate
 from .data import EvalItems, check_labels, read_split, video_dataset
 from .distributed import pick_device
-from .evaluate import EvalResult, EvaluationError, check_scores, evaluate, predict_scores
+from .evaluate import EvalResult, EvaluationError, check_scores, eval_precision, evaluate, predict_scores
 from .model import LEGACY_PREPROCESSING, build_model, record_model, resolve_preprocessing
 
 
@@ -33,6 +33,14 @@ class LoadedRun:
     heads: list[int]
     source: str
     device: torch.device
+
+    def __post_init__(self) -> None:
+        eval_precision(self.cfg, self.device)  # fp16 without a GPU fails on loading, before any video is read
+
+    @property
+    def precision(self) -> str:
+        """The autocast of its forward passes: ``eval.precision``, else ``train.precision``."""
+        return eval_precision(self.cfg, self.device)
 
     @property
     def head_names(self) -> list[str]:
@@ -107,7 +115,7 @@ def evaluate_run(run: LoadedRun, num_clips: int | None = None, num_crops: int | 
     ann = read_split(cfg.data, "val", run.classes if isinstance(run.classes, list) else None)
     check_labels(ann, run.heads, "val")
     dataset = video_dataset(cfg, ann.records, run.model, train=False, num_clips=k, num_crops=s)
-    result = evaluate(run.model, dataset, run.heads, k, s, cfg.eval.batch_size, run.device, cfg.train.precision,
+    result = evaluate(run.model, dataset, run.heads, k, s, cfg.eval.batch_size, run.device, run.precision,
                       shuffle_seed, cfg.data.num_workers, progress, source=run.source)
     result.skipped += ann.missing
     return result
@@ -132,7 +140,7 @@ def predict_files(run: LoadedRun, paths: Sequence[str], num_clips: int | None = 
         if bad:
             out.append({"path": str(path), "error": bad[0][1]})
             continue
-        scores = predict_scores(run.model, batch, run.heads, run.device, cfg.train.precision)
+        scores = predict_scores(run.model, batch, run.heads, run.device, run.precision)
         try:
             check_scores(scores, [str(path)], run.source)
         except EvaluationError as err:

@@ -148,7 +148,7 @@ def timeline(run: LoadedRun, path: str | os.PathLike, window: float | None = Non
         errors += [f"window {wins[i].start:.2f}-{wins[i].end:.2f} s: {msg}" for i, msg in bad]
         if batch is None:
             continue
-        batch_scores = predict_scores(run.model, batch, run.heads, run.device, run.cfg.train.precision)
+        batch_scores = predict_scores(run.model, batch, run.heads, run.device, run.precision)
         check_scores(batch_scores, [f"{path} at {wins[i].start:.2f} s" for i in batch.index], run.source)
         kept += batch.index
         for k, s in enumerate(batch_scores):

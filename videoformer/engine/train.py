@@ -41,7 +41,7 @@ from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkp
 from .config import Config, ConfigError
 from .data import CountingDataset, check_labels, collate_counted, head_sizes, read_split, video_dataset
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
-from .evaluate import EvaluationError, autocast, evaluate, split_heads
+from .evaluate import EvaluationError, autocast, eval_precision, evaluate, split_heads
 from .model import freeze, pretrained_model
 from .report import TensorBoard, plot_confusion, plot_curves
 from .schedules import LRSchedule
@@ -189,6 +189,7 @@ class Trainer:
             raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by {self.dist.world_size} processes")
         if t.precision == "fp16" and self.dist.device.type != "cuda":
             raise ConfigError("train.precision=fp16 needs a GPU; use bf16 on CPU")
+        eval_precision(cfg, self.dist.device)  # an fp16 eval.precision fails here, not after the first epoch
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_everything(t.seed)
@@ -402,7 +403,8 @@ class Trainer:
             if self.dist.is_main:
                 try:
                     res = evaluate(self.model, self.setup.val_set, self.setup.heads, self.cfg.eval.num_clips,
-                                   self.cfg.eval.num_crops, self.cfg.eval.batch_size, self.dist.device, t.precision,
+                                   self.cfg.eval.num_crops, self.cfg.eval.batch_size, self.dist.device,
+                                   eval_precision(self.cfg, self.dist.device),
                                    num_workers=self.cfg.data.num_workers, progress=t.progress)
                 except EvaluationError as err:
                     failure, top1[1] = err, 1.0

@@ -1,7 +1,10 @@
 """The one attention core: scaled dot-product attention over any subset of the grid axes.
 
 ``attend`` holds the single call site of ``F.scaled_dot_product_attention`` in the library, with a manual
-(math) path for tests and for recording the attention weights. Which path a module takes is the module's own
+(math) path for tests and for recording the attention weights. Inference in bf16 / fp16 on the CPU takes a
+chunked math path instead of SDPA (:func:`_attend_cpu_half`): PyTorch's CPU flash kernel computes in fp32 and
+is 1.4-2.5× slower there than bf16 matmuls + softmax, from TimeSformer's 8-frame temporal sequences to
+ViViT's 3137-token ones (``benchmarks/README.md``). Which path a module takes is the module's own
 state (``fused``, ``recorder`` of :class:`AttentionModule`), set for a whole model by :func:`fused_attention`
 and :func:`record_attention`; nothing global, so two models (or threads) never see each other's setting and
 ``torch.compile`` traces plain attributes. ``AxisAttention`` is multi-head self-attention (ViViT Eq. 7) built
@@ -12,6 +15,7 @@ from a :class:`~videoformer.layers.spec.Sublayer`: its head groups each attend o
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -20,9 +24,50 @@ from einops import rearrange
 from torch import nn
 
 from .grid import Grid, Grouping
+from .linear import apply_linear, derived, linear, watched
 from .spec import SHIFT_MERGE, PrefixMode, Sublayer
 
 Recorder = Callable[[torch.Tensor], None]
+
+
+_HALF = (torch.bfloat16, torch.float16)
+_SCORE_BYTES = 1 << 20  # score-tensor budget of one chunk of the CPU half-precision path (about L2-sized)
+
+
+def _cpu_half_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.dtype | None:
+    """The bf16 / fp16 dtype an inference-only CPU attention call computes in (inputs or autocast), else None."""
+    if q.device.type != "cpu" or watched():
+        return None
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return None
+    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in _HALF:
+        return torch.get_autocast_dtype("cpu")
+    return q.dtype if q.dtype in _HALF and k.dtype == v.dtype == q.dtype else None
+
+
+def _attend_cpu_half(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
+                     mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """softmax(Q Kᵀ / √d_k) V as bf16 / fp16 batched matmuls (fp32 accumulation inside the GEMM) and a
+    softmax, over chunks of the ``B·heads`` sequences (and of the query rows of long ones) whose scores fit
+    :data:`_SCORE_BYTES`: scores that stay in the core's cache make the spatial attention of TimeSformer-B
+    2.2× and ViViT-B's joint attention 1.6× faster than one 7-16 MB score tensor. ``mask`` as in :func:`attend`."""
+    lead, (lq, d), lk = q.shape[:-2], q.shape[-2:], k.shape[-2]
+    q = (q.to(dtype) * d ** -0.5).reshape(-1, lq, d)
+    k, v = k.to(dtype).reshape(-1, lk, d), v.to(dtype).reshape(-1, lk, v.shape[-1])
+    out = q.new_empty(q.shape[0], lq, v.shape[-1])
+    row_bytes = lk * q.element_size()
+    rows = min(lq, max(1, _SCORE_BYTES // row_bytes))  # query rows per chunk
+    step = max(1, _SCORE_BYTES // (rows * row_bytes)) if rows == lq else 1  # sequences per chunk
+    for i in range(0, q.shape[0], step):
+        keys, values = k[i : i + step].transpose(1, 2), v[i : i + step]
+        for j in range(0, lq, rows):
+            logits = torch.bmm(q[i : i + step, j : j + rows], keys)
+            if mask is not None:
+                logits.masked_fill_(~mask[j : j + rows], float("-inf"))
+            weights = logits.softmax(dim=-1)
+            weights = F.dropout(weights, p=dropout_p) if dropout_p else weights
+            torch.bmm(weights, values, out=out[i : i + step, j : j + rows])
+    return out.reshape(*lead, lq, v.shape[-1])
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
@@ -31,8 +76,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float =
 
     ``mask``: boolean ``(L_q, L_k)``, ``True`` where a query may attend. ``fused=False`` or a ``record``
     callback take the manual path; ``record`` receives the softmax weights ``(B, heads, L_q, L_k)`` before dropout.
+    Fused bf16 / fp16 inference on the CPU takes :func:`_attend_cpu_half`.
     """
     if fused and record is None:
+        half = _cpu_half_dtype(q, k, v)
+        if half is not None:
+            return _attend_cpu_half(q, k, v, dropout_p, mask, half)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     if mask is not None:
@@ -89,7 +138,32 @@ def record_attention(callback: Recorder, *modules: nn.Module) -> contextlib.Abst
     return _set_on(modules, "recorder", callback, "record_attention")
 
 
-class AxisAttention(AttentionModule):
+class Projections(nn.Module):
+    """The output projection ``proj`` and the optional extra one ``fc`` after it (``spec.extra_proj``). In eval
+    mode without autograd the two run as one linear layer (:meth:`folded_proj`)."""
+
+    proj: nn.Linear
+    fc: nn.Linear | None
+    proj_drop: nn.Dropout
+
+    def folded_proj(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``fc ∘ proj`` as one linear layer: ``W = W_fc W_proj``, ``b = W_fc b_proj + b_fc``; cached until a
+        weight changes (:func:`~videoformer.layers.linear.derived`)."""
+        return derived(self, "fold", (self.proj.weight, self.proj.bias, self.fc.weight, self.fc.bias),
+                       lambda: (self.fc.weight @ self.proj.weight,
+                                torch.addmv(self.fc.bias, self.fc.weight, self.proj.bias)))
+
+    def project(self, out: torch.Tensor) -> torch.Tensor:
+        """Output projection (and the extra one). Folded in eval mode without autograd, unless something
+        :func:`~videoformer.layers.linear.watched` records the ops: it sees the model as defined."""
+        if self.fc is None:
+            return self.proj_drop(apply_linear(self.proj, out))
+        if self.training or torch.is_grad_enabled() or watched():
+            return self.fc(self.proj_drop(self.proj(out)))
+        return linear(out, *self.folded_proj(), owner=self, tag="fold")
+
+
+class AxisAttention(AttentionModule, Projections):
     """Multi-head self-attention whose head groups attend over chosen grid axes, as a :class:`Sublayer` says.
 
     Args:
@@ -98,8 +172,9 @@ class AxisAttention(AttentionModule):
         spec: the :class:`Sublayer`, or just its groupings (then ``prefix`` and ``extra_proj`` complete it).
 
     Parameters: ``qkv`` (fused, q | k | v rows, heads contiguous), ``proj``, the extra projection ``fc`` when
-    ``spec.extra_proj`` (zero-initialisable so the block starts as the image ViT) and the depthwise ``conv`` of
-    a :class:`~videoformer.layers.spec.WindowConv` post-op.
+    ``spec.extra_proj`` (zero-initialisable so the block starts as the image ViT; folded into ``proj`` at
+    inference, :class:`Projections`) and the depthwise ``conv`` of a :class:`~videoformer.layers.spec.WindowConv`
+    post-op.
     """
 
     def __init__(
@@ -151,11 +226,37 @@ class AxisAttention(AttentionModule):
             self.conv.bias.zero_()
 
     def _attend_group(self, qkv: torch.Tensor, grid: Grid, grouping: Grouping) -> torch.Tensor:
-        """``qkv``: ``(B, P + N, 3, heads_g, d)`` -> ``(B, P + N, heads_g * d)`` attention outputs."""
+        """``qkv``: ``(B, P + N, 3, heads_g, d)`` -> ``(B, P + N, heads_g * d)`` attention outputs.
+
+        The sequences of :meth:`Grouping.group` (same order) are gathered with one strided copy into
+        ``(3, B·groups, heads_g, P + L, d)`` and the outputs scattered back with one, instead of einops round
+        trips through ``(B·groups, L, 3·D)`` (~10 % of a TimeSformer-B sublayer's time in bf16)."""
         if grouping.is_whole(grid):  # one sequence, prefix tokens in place: no regrouping, no copies
             q, k, v = rearrange(qkv, "b n three k d -> three b k n d")
-            mask = None if self.spec.mask is None else self.spec.mask(q.shape[2], q.device)
-            return rearrange(self.attend(q, k, v, mask), "b k n d -> b n (k d)")
+            return rearrange(self.attend(q, k, v, self._mask(q.shape[2], q.device)), "b k n d -> b n (k d)")
+        if watched():  # an exporter traces: einops regrouping (it does not trace copies into views of views)
+            return self._attend_group_einops(qkv, grid, grouping)
+        B, P, K, d = qkv.shape[0], grid.prefix, qkv.shape[3], qkv.shape[4]
+        src, batch, seq, sizes = grouping.layout(grid)
+        n, b_sizes, s_sizes = len(src), [sizes[a] for a in batch], [sizes[a] for a in seq]
+        groups, length = math.prod(b_sizes), math.prod(s_sizes)
+        b_dims, s_dims = [1 + src.index(a) for a in batch], [1 + src.index(a) for a in seq]
+        body = qkv[:, P:].unflatten(1, [sizes[a] for a in src])  # (B, *src axes, 3, K, d)
+        gathered = qkv.new_empty(3, B * groups, K, P + length, d)
+        gathered[:, :, :, P:].unflatten(3, s_sizes).unflatten(1, [B, *b_sizes]).copy_(
+            body.permute(n + 1, 0, *b_dims, n + 2, *s_dims, n + 3))
+        if P:  # every sequence also sees the prefix tokens
+            gathered[:, :, :, :P].unflatten(1, (B, groups)).copy_(qkv[:, :P].permute(2, 0, 3, 1, 4).unsqueeze(2))
+        out = self.attend(*gathered.unbind(0), self._mask(P + length, qkv.device))  # (B·groups, K, P + L, d)
+        result = out.new_empty(B, P + grid.numel, K, d)
+        result[:, P:].unflatten(1, [sizes[a] for a in src]).permute(0, *b_dims, n + 1, *s_dims, n + 2).copy_(
+            out[:, :, P:].unflatten(2, s_sizes).unflatten(0, [B, *b_sizes]))
+        if P:  # prefix outputs averaged over the sequences
+            result[:, :P] = out[:, :, :P].unflatten(0, (B, groups)).mean(dim=1).transpose(1, 2)
+        return result.flatten(2)
+
+    def _attend_group_einops(self, qkv: torch.Tensor, grid: Grid, grouping: Grouping) -> torch.Tensor:
+        """:meth:`_attend_group` through :meth:`Grouping.group` / :meth:`Grouping.ungroup` round trips."""
         B, P = qkv.shape[0], grid.prefix
         body = grouping.group(rearrange(qkv[:, P:], "b n three k d -> b n (three k d)"), grid)
         groups = body.shape[0] // B
@@ -163,14 +264,15 @@ class AxisAttention(AttentionModule):
             pre = rearrange(qkv[:, :P], "b p three k d -> b p (three k d)")
             body = torch.cat([pre.repeat_interleave(groups, dim=0), body], dim=1)
         q, k, v = rearrange(body, "bg l (three k d) -> three bg k l d", three=3, d=self.head_dim)
-        mask = None if self.spec.mask is None else self.spec.mask(q.shape[2], q.device)
-        out = self.attend(q, k, v, mask)
-        out = rearrange(out, "bg k l d -> bg l (k d)")
+        out = rearrange(self.attend(q, k, v, self._mask(q.shape[2], q.device)), "bg k l d -> bg l (k d)")
         grid_out = grouping.ungroup(out[:, P:], grid)
         if not P:
             return grid_out
         pre_out = rearrange(out[:, :P], "(b g) p c -> b g p c", b=B).mean(dim=1)  # average over sequences
         return torch.cat([pre_out, grid_out], dim=1)
+
+    def _mask(self, length: int, device: torch.device) -> torch.Tensor | None:
+        return None if self.spec.mask is None else self.spec.mask(length, device)
 
     def _window_conv(self, out: torch.Tensor, grid: Grid) -> torch.Tensor:
         """The post-op on the grid outputs, per modality; prefix outputs pass."""
@@ -186,7 +288,7 @@ class AxisAttention(AttentionModule):
         keep = x[:, : grid.prefix] if self.spec.prefix == "exclude" else None
         if keep is not None:
             x, grid = x[:, grid.prefix :], grid.replace(prefix=0)
-        qkv = rearrange(self.qkv(x), "b n (three k d) -> b n three k d", three=3, d=self.head_dim)
+        qkv = rearrange(apply_linear(self.qkv, x), "b n (three k d) -> b n three k d", three=3, d=self.head_dim)
         if self.spec.qkv_hook is not None:
             qkv = self.spec.qkv_hook(qkv, grid)
         if len(self.spec.groupings) == 1:
@@ -194,9 +296,7 @@ class AxisAttention(AttentionModule):
         else:
             heads = qkv.chunk(len(self.spec.groupings), dim=3)
             out = torch.cat([self._attend_group(h, grid, g) for h, g in zip(heads, self.spec.groupings)], dim=-1)
-        out = self.proj_drop(self.proj(out))
-        if self.fc is not None:
-            out = self.fc(out)
+        out = self.project(out)
         if self.spec.post is not None:
             out = self._window_conv(out, grid)
         if keep is not None:  # prefix tokens receive no update
@@ -204,7 +304,7 @@ class AxisAttention(AttentionModule):
         return out
 
 
-class ShiftMerge(nn.Module):
+class ShiftMerge(Projections):
     """Shift-merge attention (MM-ViT Eq. 17-20): no queries or keys; each modality's value ``v^s`` is split
     into ``|S|`` portions and modality ``i`` receives portion ``i`` of every modality (concatenated in modality
     order) plus its own value, ``r^i = v_i^1 ‖ … ‖ v_i^|S| + v^i``; then the output and extra projections.
@@ -229,9 +329,7 @@ class ShiftMerge(nn.Module):
     def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         grid.check(x)
         P = grid.prefix
-        out = self.proj_drop(self.proj(self.merge(self.v(x[:, P:]), grid)))
-        if self.fc is not None:
-            out = self.fc(out)
+        out = self.project(self.merge(apply_linear(self.v, x[:, P:]), grid))
         return torch.cat([torch.zeros_like(x[:, :P]), out], dim=1)
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from .attention import AttentionModule
 from .grid import Grid
+from .linear import apply_linear
 
 PoolMode = Literal["max", "avg", "conv"]
 POOL_MODES = ("max", "avg", "conv")
@@ -135,11 +136,11 @@ class PoolingAttention(AttentionModule):
         """``x``: normalised tokens ``(B, P + T·H·W, D)`` -> ``(B, P + T̃·H̃·W̃, D)`` and the query's grid."""
         grid.check(x)
         B = x.shape[0]
-        q, k, v = rearrange(self.qkv(x), "b n (three k d) -> three (b k) n d", three=3, k=self.num_heads)
+        q, k, v = rearrange(apply_linear(self.qkv, x), "b n (three k d) -> three (b k) n d", three=3, k=self.num_heads)
         q, grid_q = self._pool(self.pool_q, q, grid)  # (B·heads, P + L̃_Q, d)
         k, _ = self._pool(self.pool_k, k, grid)  # (B·heads, P + L̃_K, d)
         v, _ = self._pool(self.pool_v, v, grid)
         q, k, v = (rearrange(t, "(b k) n d -> b k n d", b=B) for t in (q, k, v))
         out = self.attend(q, k, v)  # (B, heads, P + L̃_Q, d)
         out = rearrange(out, "b k n d -> b n (k d)")
-        return self.proj_drop(self.proj(out)), grid_q
+        return self.proj_drop(apply_linear(self.proj, out)), grid_q
