@@ -739,44 +739,61 @@ def _with_index_retry(path: str, fn):
 
 
 def _read_clip(path: str, idx: np.ndarray, max_gap: int | None, threads: int, short_side: int | None) -> np.ndarray:
-    got: dict[int, np.ndarray] = {}
+    """Each wanted frame is converted straight into its slots of the output (no per-frame arrays held, no
+    final stack: for HD clips the page faults of those copies cost as much as a third of the decoding)."""
+    out: np.ndarray | None = None
+    done: list[int] = []  # wanted indices written to ``out``, in decode (= presentation) order
     last: list = []  # [index, frame] of the latest decoded frame
     with FrameReader(path, threads) as reader:
         ix = reader.index
         wanted = _plan(path, idx, ix.num_frames)
+        idx = np.minimum(idx, ix.num_frames - 1)
+        slots: dict[int, list[int]] = {}
+        for pos, i in enumerate(idx.tolist()):
+            slots.setdefault(i, []).append(pos)
         size = short_side_size(ix.width, ix.height, short_side) or (ix.width, ix.height)
-        wanted_set = set(wanted)
         resized = False
         for i, frame in reader.frames(wanted, max_gap=max_gap):
-            if i in wanted_set:
+            if i in slots:
                 if not resized and (frame.width, frame.height) != (ix.width, ix.height):
                     log.warning("%s: resolution changes mid-stream (%dx%d at frame %d, first frame %dx%d); "
                                 "scaled to the first frame's size", path, frame.width, frame.height, i,
                                 ix.width, ix.height)
                     resized = True
-                got[i] = upright(to_rgb(frame, size), frame.rotation)
+                rgb = upright(to_rgb(frame, size), frame.rotation)
+                if out is None:
+                    out = np.empty((len(idx), *rgb.shape), dtype=rgb.dtype)
+                for pos in slots[i]:
+                    out[pos] = rgb
+                done.append(i)
             last[:] = [i, frame]
-        if not got and not last:
+        if not done and not last:
             raise VideoReadError(path, "no frame could be decoded")
-        if last and last[0] not in got:
-            got[last[0]] = upright(to_rgb(last[1], size), last[1].rotation)
-    return _assemble(path, np.minimum(idx, ix.num_frames - 1), got)
+        extra = None  # the last decoded frame when it was not wanted: a padding source
+        if last and last[0] not in slots:
+            extra = upright(to_rgb(last[1], size), last[1].rotation)
+    if len(done) < len(slots):
+        out = _pad_missing(path, idx, out, slots, done, extra if extra is None else (last[0], extra))
+    return out
 
 
-def _assemble(path: str, idx: np.ndarray, got: dict[int, np.ndarray]) -> np.ndarray:
-    """Order frames as asked; a frame the decoder never produced is padded with the nearest earlier one."""
-    keys = np.array(sorted(got))
-    missing = sorted({int(i) for i in idx.tolist()} - set(got))
-    if missing:
-        log.warning("%s: frames %s could not be decoded; padded with the nearest earlier frame", path, missing[:8])
-    out = []
-    for i in idx.tolist():
-        if i in got:
-            out.append(got[i])
-        else:
-            pos = np.searchsorted(keys, i, side="right") - 1
-            out.append(got[int(keys[max(pos, 0)])])
-    return np.stack(out)
+def _pad_missing(path: str, idx: np.ndarray, out: np.ndarray | None, slots: dict[int, list[int]], done: list[int],
+                 extra: tuple[int, np.ndarray] | None) -> np.ndarray:
+    """Fill the frames the decoder never produced with the nearest earlier decoded one (the last decoded
+    frame counts even when not wanted; before every decoded frame: the first one)."""
+    source = {i: out[slots[i][0]] for i in done}
+    if extra is not None:
+        source[extra[0]] = extra[1]
+    keys = np.array(sorted(source))
+    missing = sorted(set(slots) - set(done))
+    log.warning("%s: frames %s could not be decoded; padded with the nearest earlier frame", path, missing[:8])
+    if out is None:
+        out = np.empty((len(idx), *extra[1].shape), dtype=extra[1].dtype)
+    for i in missing:
+        src = source[int(keys[max(int(np.searchsorted(keys, i, side="right")) - 1, 0)])]
+        for pos in slots[i]:
+            out[pos] = src
+    return out
 
 
 def read_all_frames(path: str | os.PathLike) -> np.ndarray:
