@@ -56,7 +56,7 @@ __all__ = ["VideoInfo", "FrameIndex", "probe", "frame_index", "read_clip", "read
 
 INDEX_DIR_ENV = "VIDEOFORMER_INDEX_DIR"  # where frame indices are persisted (unset: memory only)
 INDEX_CACHE_ENV = "VIDEOFORMER_INDEX_CACHE"  # how many files' indices one process keeps in memory
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2  # 2: reorder_depth
 # codecs on which skipping non-reference frames changes no other frame (their decoders skip only frames
 # that no other frame references); checked bit-exact by the tests
 _SKIP_NONREF = frozenset({"h264", "hevc", "mpeg4", "mpeg1video", "mpeg2video", "vp9"})
@@ -123,8 +123,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_collect_before_fork)
 
 
-def open_video(path: str | os.PathLike) -> av.container.InputContainer:
-    """Open ``path`` with PyAV, turning every failure into a :class:`VideoReadError`."""
+def open_video(path: str | os.PathLike, probe: bool = True) -> av.container.InputContainer:
+    """Open ``path`` with PyAV, turning every failure into a :class:`VideoReadError`.
+
+    ``probe=False`` lets ``avformat_find_stream_info`` read headers only, without decoding frames to guess
+    parameters (no decoder is allowed while probing): up to 7 frames, 30 ms a file at 720p. The codec
+    parameters it leaves unknown (pixel format, reorder depth) are the caller's to restore."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoReadError(path, "file not found")
@@ -133,7 +137,7 @@ def open_video(path: str | os.PathLike) -> av.container.InputContainer:
     if os.path.getsize(path) == 0:
         raise VideoReadError(path, "empty file (0 bytes)")
     try:
-        container = av.open(path, mode="r")
+        container = av.open(path, mode="r", options=None if probe else {"codec_whitelist": "none"})
     except (av.FFmpegError, OSError, ValueError) as e:
         raise VideoReadError(path, f"cannot open container: {e}") from e
     if not container.streams.video:
@@ -199,6 +203,7 @@ class FrameIndex:
     has_audio: bool
     from_packets: bool
     fallback_fps: float = 0.0
+    reorder_depth: int = 0  # the decoder's initial reorder depth after a probing open (see FrameReader)
     seek_offset: int | None = None  # learned: added to key_seek so the demuxer lands on the key itself
 
     def index_of(self, ts: int | None) -> int:
@@ -271,7 +276,8 @@ class FrameIndex:
         return {"version": _INDEX_VERSION, "stream": self.stream, "time_base": [self.time_base.numerator,
                 self.time_base.denominator], "num_frames": self.num_frames, "key_by": self.key_by,
                 "width": self.width, "height": self.height, "rotation": self.rotation, "codec": self.codec,
-                "has_audio": self.has_audio, "from_packets": self.from_packets, "fallback_fps": self.fallback_fps}
+                "has_audio": self.has_audio, "from_packets": self.from_packets, "fallback_fps": self.fallback_fps,
+                "reorder_depth": self.reorder_depth}
 
     def save(self, file: str | os.PathLike, source_stat: os.stat_result) -> None:
         arrays = {k: getattr(self, k) for k in self._ARRAYS if getattr(self, k) is not None}
@@ -297,7 +303,8 @@ class FrameIndex:
                    pts=arrays.get("pts"), num_frames=head["num_frames"], key_id=arrays["key_id"],
                    key_seek=arrays["key_seek"], key_pos=arrays["key_pos"], gop=arrays["gop"], key_by=head["key_by"],
                    width=head["width"], height=head["height"], rotation=head["rotation"], codec=head["codec"],
-                   has_audio=head["has_audio"], from_packets=head["from_packets"], fallback_fps=head["fallback_fps"])
+                   has_audio=head["has_audio"], from_packets=head["from_packets"], fallback_fps=head["fallback_fps"],
+                   reorder_depth=head["reorder_depth"])
 
 
 def _crc(arrays: dict[str, np.ndarray]) -> int:
@@ -380,6 +387,7 @@ def _build_index(path: str, from_packets: bool) -> FrameIndex:
         stream = select_video_stream(container, path, only=True)
         stream.thread_type, stream.thread_count = "SLICE", 1
         cc = stream.codec_context
+        reorder_depth = int(cc.reorder_depth)  # as the probe left it, before decoding changes it
         fields = None if from_packets else _index_from_table(container, stream, path)
         first, packets = None, []
         try:
@@ -411,7 +419,8 @@ def _build_index(path: str, from_packets: bool) -> FrameIndex:
             width=int(first.width if first is not None else cc.width),
             height=int(first.height if first is not None else cc.height),
             rotation=int(first.rotation) if first is not None else 0, codec=cc.name,
-            has_audio=bool(container.streams.audio), fallback_fps=float(fps) if fps else 0.0, **fields)
+            has_audio=bool(container.streams.audio), fallback_fps=float(fps) if fps else 0.0,
+            reorder_depth=reorder_depth, **fields)
 
 
 class _IndexCache:
@@ -527,10 +536,18 @@ class FrameReader:
     def _open(self) -> None:
         if self.container is not None:
             self.container.close()
-        self.container = open_video(self.path)
-        self.stream = select_video_stream(self.container, self.path, only=True)
-        if self.stream.index != self.index.stream:
+        # without probe decoding (the index holds what it learns); a container whose header does not
+        # name the indexed stream and codec (MPEG-TS, raw streams) is opened with it
+        for probe in (False, True):
+            self.container = open_video(self.path, probe=probe)
+            self.stream = select_video_stream(self.container, self.path, only=True)
+            if self.stream.index == self.index.stream and self.stream.codec_context.name == self.index.codec:
+                break
+            self.container.close()
+        else:
             raise VideoReadError(self.path, f"video stream {self.stream.index}, indexed {self.index.stream}")
+        # the reorder depth a probing open would have set: the decoder then outputs frames exactly as then
+        self.stream.codec_context.reorder_depth = self.index.reorder_depth
         self.stream.thread_type = "AUTO" if self.threads != 1 else "SLICE"
         self.stream.thread_count = self.threads
         if self.options:
