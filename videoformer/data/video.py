@@ -210,14 +210,14 @@ class FrameIndex:
         """Presentation index of the frame with timestamp ``ts``, or -1."""
         if ts is None or self.pts is None:
             return -1
-        i = int(np.searchsorted(self.pts, ts))
+        i = int(self.pts.searchsorted(ts))  # the method: np.searchsorted's dispatch costs more, per packet
         return i if i < self.num_frames and int(self.pts[i]) == ts else -1
 
     def key_of(self, ts: int | None) -> int:
         """Which key packet has identity ``ts`` (-1: none)."""
         if ts is None:
             return -1
-        k = int(np.searchsorted(self.key_id, ts))
+        k = int(self.key_id.searchsorted(ts))
         return k if k < len(self.key_id) and int(self.key_id[k]) == ts else -1
 
     @property
