@@ -18,6 +18,11 @@ adaptive placement would otherwise pick almost only P-frames.
   opens a ``VideoReader`` (which scans the file's packets), torchcodec a ``VideoDecoder`` (exact seek mode),
   ours ``read_clip`` with the frame index cached from an earlier sample (its one-off cost per file is reported
   apart: "index").
+- Where our time goes: one more pass per cell, outside the timing, counts the packets our decoder is given, the
+  frames it outputs (a skipped non-reference frame outputs none) and the CPU time inside ``avcodec`` decoding.
+  "bound" = decord's time per clip / our decoder time per clip: the ratio we would reach if everything but
+  decoding (opening, seeking, RGB conversion, Python) cost nothing; below 1.2x, the cell cannot reach 1.2x by
+  anything but decoding fewer frames.
 
 torchcodec needs FFmpeg's shared libraries; when it cannot load them, this script re-runs itself with
 ``LD_LIBRARY_PATH`` pointing at the copies bundled in PyAV's wheel (FFmpeg 8), and leaves it out if that fails.
@@ -37,6 +42,7 @@ import numpy as np
 
 from videoformer.data.sampling import dense_indices, uniform_indices
 from videoformer.data.synthetic import barcode_frames, read_barcode, remux_trimmed, write_video
+from videoformer.data import video as video_mod
 from videoformer.data.video import clear_index_cache, frame_index, read_all_frames, read_clip
 
 BITS = 12
@@ -117,6 +123,26 @@ def _cpu(fn) -> float:
     return time.process_time() - t
 
 
+def decoder_work(path: str, clip_list: list[np.ndarray]) -> tuple[float, float, float]:
+    """Packets decoded, frames output and decoder CPU seconds per clip of ``read_clip`` (one instrumented pass)."""
+    stats = np.zeros(3)
+    plain = video_mod._decode_packet
+
+    def counted(cc, packet):
+        t = time.process_time()
+        frames = plain(cc, packet)
+        stats[:] += (packet is not None, len(frames), time.process_time() - t)
+        return frames
+
+    video_mod._decode_packet = counted
+    try:
+        for idx in clip_list:
+            read_clip(path, idx)
+    finally:
+        video_mod._decode_packet = plain
+    return tuple(stats / len(clip_list))
+
+
 def run(rounds: int, clips: int, quick: bool, only: list[str] | None = None) -> list[str]:
     import decord
 
@@ -133,7 +159,8 @@ def run(rounds: int, clips: int, quick: bool, only: list[str] | None = None) -> 
     head = ["video", "pattern", "ours clips/s", "decord clips/s", "ours / decord"]
     head += ["torchcodec clips/s", "ours / torchcodec"] if tc is not None else []
     head += ["ours bit-exact", "frames right (ours / decord" + (" / torchcodec)" if tc is not None else ")"),
-             "index (ms, once per file)"]
+             "index (ms, once per file)", "ours: packets / frames decoded per clip", "ours decoder ms/clip",
+             "bound (decord / ours decoder)"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     with tempfile.TemporaryDirectory() as d:
         videos = make_videos(Path(d), quick, only)
@@ -163,6 +190,7 @@ def run(rounds: int, clips: int, quick: bool, only: list[str] | None = None) -> 
                     for lib, fn in timed.items():
                         best[lib] = min(best[lib], _cpu(lambda: [fn(path, idx) for idx in clip_list]))
                 rate = {k: clips / v for k, v in best.items()}
+                packets, decoded, dec_s = decoder_work(path, clip_list)
 
                 def ratio(k: str) -> str:
                     return f"{rate['ours'] / rate[k]:.2f}x" if rate[k] > 0 else "-"
@@ -170,7 +198,8 @@ def run(rounds: int, clips: int, quick: bool, only: list[str] | None = None) -> 
                 cells = [name, pname, f"{rate['ours']:.1f}", f"{rate['decord']:.1f}", f"**{ratio('decord')}**"]
                 if tc is not None:
                     cells += [f"{rate['torchcodec']:.1f}", ratio("torchcodec")]
-                cells += ["yes" if exact else "**NO**", " / ".join(right[k] for k in libs), f"{index_ms:.0f}"]
+                cells += ["yes" if exact else "**NO**", " / ".join(right[k] for k in libs), f"{index_ms:.0f}",
+                          f"{packets:.0f} / {decoded:.0f}", f"{1000 * dec_s:.0f}", f"{1 / rate['decord'] / dec_s:.2f}x"]
                 rows.append("| " + " | ".join(cells) + " |")
                 print(rows[-1], flush=True)
     return rows

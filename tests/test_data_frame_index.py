@@ -145,7 +145,7 @@ def test_no_seek_when_the_key_frame_is_next_and_nonref_frames_skipped(files, mon
 def test_index_cached_so_a_sample_opens_the_file_once(files, monkeypatch):
     opened = []
     orig = video_mod.open_video
-    monkeypatch.setattr(video_mod, "open_video", lambda p: opened.append(p) or orig(p))
+    monkeypatch.setattr(video_mod, "open_video", lambda p, **kw: opened.append(p) or orig(p, **kw))
     path = files["vfr.mkv"]
     clear_index_cache()
     probe(path)

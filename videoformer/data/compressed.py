@@ -28,7 +28,7 @@ import numpy as np
 from videoformer.data.clock import frame_rate
 from videoformer.data.errors import VideoReadError
 from videoformer.data.sampling import uniform_indices
-from videoformer.data.video import (FrameReader, _plan, _with_index_retry, frame_index, open_video,
+from videoformer.data.video import (FrameReader, _plan, _with_index_retry, empty_array, frame_index, open_video,
                                     select_video_stream, to_rgb, upright)
 
 log = logging.getLogger(__name__)
@@ -325,9 +325,9 @@ def _extract_visual(path: str, idx: np.ndarray, accumulate: bool, seek_gap: int 
         for k, i in enumerate(np.minimum(idx, ix.num_frames - 1).tolist()):
             slots.setdefault(i, []).append(k)
         t = len(idx)
-        iframe = np.empty((t, 3, h, w), np.uint8)
-        mv = np.empty((t, 2, h, w), np.int16)
-        res = np.empty((t, 3, h, w), np.int16)
+        iframe = empty_array((t, 3, h, w), np.uint8)
+        mv = empty_array((t, 2, h, w), np.int16)
+        res = empty_array((t, 3, h, w), np.int16)
         refs = np.zeros(t, np.int64)
         done: set[int] = set()
         maps = _SourceMaps(h, w)

@@ -34,6 +34,7 @@ import gc
 import hashlib
 import json
 import logging
+import mmap
 import os
 import threading
 import zipfile
@@ -56,7 +57,7 @@ __all__ = ["VideoInfo", "FrameIndex", "probe", "frame_index", "read_clip", "read
 
 INDEX_DIR_ENV = "VIDEOFORMER_INDEX_DIR"  # where frame indices are persisted (unset: memory only)
 INDEX_CACHE_ENV = "VIDEOFORMER_INDEX_CACHE"  # how many files' indices one process keeps in memory
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2  # 2: reorder_depth
 # codecs on which skipping non-reference frames changes no other frame (their decoders skip only frames
 # that no other frame references); checked bit-exact by the tests
 _SKIP_NONREF = frozenset({"h264", "hevc", "mpeg4", "mpeg1video", "mpeg2video", "vp9"})
@@ -101,6 +102,20 @@ def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndar
                             interpolation="AREA" if shrink else "BILINEAR")
 
 
+def empty_array(shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
+    """``np.empty`` for the large arrays a sample returns, backed by an anonymous mapping of its own.
+
+    numpy asks the kernel for transparent huge pages on every array of 4 MB or more (``MADV_HUGEPAGE``);
+    where the kernel then compacts memory synchronously to find them (``defrag=madvise``, the default), the
+    first write of a fresh 88 MB HD clip cost 230-300 ms of system time under memory pressure, against 90 ms
+    with ordinary pages. Small arrays come from ``np.empty``."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes < 1 << 22:
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).reshape(shape)
+
+
 def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
     """Apply a display rotation (degrees counter-clockwise, multiples of 90) to (H, W, C) pixels."""
     k = int(round(rotation / 90)) % 4
@@ -123,8 +138,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_collect_before_fork)
 
 
-def open_video(path: str | os.PathLike) -> av.container.InputContainer:
-    """Open ``path`` with PyAV, turning every failure into a :class:`VideoReadError`."""
+def open_video(path: str | os.PathLike, probe: bool = True) -> av.container.InputContainer:
+    """Open ``path`` with PyAV, turning every failure into a :class:`VideoReadError`.
+
+    ``probe=False`` lets ``avformat_find_stream_info`` read headers only, without decoding frames to guess
+    parameters (no decoder is allowed while probing): up to 7 frames, 30 ms a file at 720p. The codec
+    parameters it leaves unknown (pixel format, reorder depth) are the caller's to restore."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoReadError(path, "file not found")
@@ -133,7 +152,7 @@ def open_video(path: str | os.PathLike) -> av.container.InputContainer:
     if os.path.getsize(path) == 0:
         raise VideoReadError(path, "empty file (0 bytes)")
     try:
-        container = av.open(path, mode="r")
+        container = av.open(path, mode="r", options=None if probe else {"codec_whitelist": "none"})
     except (av.FFmpegError, OSError, ValueError) as e:
         raise VideoReadError(path, f"cannot open container: {e}") from e
     if not container.streams.video:
@@ -199,20 +218,21 @@ class FrameIndex:
     has_audio: bool
     from_packets: bool
     fallback_fps: float = 0.0
+    reorder_depth: int = 0  # the decoder's initial reorder depth after a probing open (see FrameReader)
     seek_offset: int | None = None  # learned: added to key_seek so the demuxer lands on the key itself
 
     def index_of(self, ts: int | None) -> int:
         """Presentation index of the frame with timestamp ``ts``, or -1."""
         if ts is None or self.pts is None:
             return -1
-        i = int(np.searchsorted(self.pts, ts))
+        i = int(self.pts.searchsorted(ts))  # the method: np.searchsorted's dispatch costs more, per packet
         return i if i < self.num_frames and int(self.pts[i]) == ts else -1
 
     def key_of(self, ts: int | None) -> int:
         """Which key packet has identity ``ts`` (-1: none)."""
         if ts is None:
             return -1
-        k = int(np.searchsorted(self.key_id, ts))
+        k = int(self.key_id.searchsorted(ts))
         return k if k < len(self.key_id) and int(self.key_id[k]) == ts else -1
 
     @property
@@ -271,7 +291,8 @@ class FrameIndex:
         return {"version": _INDEX_VERSION, "stream": self.stream, "time_base": [self.time_base.numerator,
                 self.time_base.denominator], "num_frames": self.num_frames, "key_by": self.key_by,
                 "width": self.width, "height": self.height, "rotation": self.rotation, "codec": self.codec,
-                "has_audio": self.has_audio, "from_packets": self.from_packets, "fallback_fps": self.fallback_fps}
+                "has_audio": self.has_audio, "from_packets": self.from_packets, "fallback_fps": self.fallback_fps,
+                "reorder_depth": self.reorder_depth}
 
     def save(self, file: str | os.PathLike, source_stat: os.stat_result) -> None:
         arrays = {k: getattr(self, k) for k in self._ARRAYS if getattr(self, k) is not None}
@@ -297,7 +318,8 @@ class FrameIndex:
                    pts=arrays.get("pts"), num_frames=head["num_frames"], key_id=arrays["key_id"],
                    key_seek=arrays["key_seek"], key_pos=arrays["key_pos"], gop=arrays["gop"], key_by=head["key_by"],
                    width=head["width"], height=head["height"], rotation=head["rotation"], codec=head["codec"],
-                   has_audio=head["has_audio"], from_packets=head["from_packets"], fallback_fps=head["fallback_fps"])
+                   has_audio=head["has_audio"], from_packets=head["from_packets"], fallback_fps=head["fallback_fps"],
+                   reorder_depth=head["reorder_depth"])
 
 
 def _crc(arrays: dict[str, np.ndarray]) -> int:
@@ -380,6 +402,7 @@ def _build_index(path: str, from_packets: bool) -> FrameIndex:
         stream = select_video_stream(container, path, only=True)
         stream.thread_type, stream.thread_count = "SLICE", 1
         cc = stream.codec_context
+        reorder_depth = int(cc.reorder_depth)  # as the probe left it, before decoding changes it
         fields = None if from_packets else _index_from_table(container, stream, path)
         first, packets = None, []
         try:
@@ -411,7 +434,8 @@ def _build_index(path: str, from_packets: bool) -> FrameIndex:
             width=int(first.width if first is not None else cc.width),
             height=int(first.height if first is not None else cc.height),
             rotation=int(first.rotation) if first is not None else 0, codec=cc.name,
-            has_audio=bool(container.streams.audio), fallback_fps=float(fps) if fps else 0.0, **fields)
+            has_audio=bool(container.streams.audio), fallback_fps=float(fps) if fps else 0.0,
+            reorder_depth=reorder_depth, **fields)
 
 
 class _IndexCache:
@@ -527,10 +551,18 @@ class FrameReader:
     def _open(self) -> None:
         if self.container is not None:
             self.container.close()
-        self.container = open_video(self.path)
-        self.stream = select_video_stream(self.container, self.path, only=True)
-        if self.stream.index != self.index.stream:
+        # without probe decoding (the index holds what it learns); a container whose header does not
+        # name the indexed stream and codec (MPEG-TS, raw streams) is opened with it
+        for probe in (False, True):
+            self.container = open_video(self.path, probe=probe)
+            self.stream = select_video_stream(self.container, self.path, only=True)
+            if self.stream.index == self.index.stream and self.stream.codec_context.name == self.index.codec:
+                break
+            self.container.close()
+        else:
             raise VideoReadError(self.path, f"video stream {self.stream.index}, indexed {self.index.stream}")
+        # the reorder depth a probing open would have set: the decoder then outputs frames exactly as then
+        self.stream.codec_context.reorder_depth = self.index.reorder_depth
         self.stream.thread_type = "AUTO" if self.threads != 1 else "SLICE"
         self.stream.thread_count = self.threads
         if self.options:
@@ -739,44 +771,61 @@ def _with_index_retry(path: str, fn):
 
 
 def _read_clip(path: str, idx: np.ndarray, max_gap: int | None, threads: int, short_side: int | None) -> np.ndarray:
-    got: dict[int, np.ndarray] = {}
+    """Each wanted frame is converted straight into its slots of the output (no per-frame arrays held, no
+    final stack: for HD clips the page faults of those copies cost as much as a third of the decoding)."""
+    out: np.ndarray | None = None
+    done: list[int] = []  # wanted indices written to ``out``, in decode (= presentation) order
     last: list = []  # [index, frame] of the latest decoded frame
     with FrameReader(path, threads) as reader:
         ix = reader.index
         wanted = _plan(path, idx, ix.num_frames)
+        idx = np.minimum(idx, ix.num_frames - 1)
+        slots: dict[int, list[int]] = {}
+        for pos, i in enumerate(idx.tolist()):
+            slots.setdefault(i, []).append(pos)
         size = short_side_size(ix.width, ix.height, short_side) or (ix.width, ix.height)
-        wanted_set = set(wanted)
         resized = False
         for i, frame in reader.frames(wanted, max_gap=max_gap):
-            if i in wanted_set:
+            if i in slots:
                 if not resized and (frame.width, frame.height) != (ix.width, ix.height):
                     log.warning("%s: resolution changes mid-stream (%dx%d at frame %d, first frame %dx%d); "
                                 "scaled to the first frame's size", path, frame.width, frame.height, i,
                                 ix.width, ix.height)
                     resized = True
-                got[i] = upright(to_rgb(frame, size), frame.rotation)
+                rgb = upright(to_rgb(frame, size), frame.rotation)
+                if out is None:
+                    out = empty_array((len(idx), *rgb.shape), rgb.dtype)
+                for pos in slots[i]:
+                    out[pos] = rgb
+                done.append(i)
             last[:] = [i, frame]
-        if not got and not last:
+        if not done and not last:
             raise VideoReadError(path, "no frame could be decoded")
-        if last and last[0] not in got:
-            got[last[0]] = upright(to_rgb(last[1], size), last[1].rotation)
-    return _assemble(path, np.minimum(idx, ix.num_frames - 1), got)
+        extra = None  # the last decoded frame when it was not wanted: a padding source
+        if last and last[0] not in slots:
+            extra = upright(to_rgb(last[1], size), last[1].rotation)
+    if len(done) < len(slots):
+        out = _pad_missing(path, idx, out, slots, done, extra if extra is None else (last[0], extra))
+    return out
 
 
-def _assemble(path: str, idx: np.ndarray, got: dict[int, np.ndarray]) -> np.ndarray:
-    """Order frames as asked; a frame the decoder never produced is padded with the nearest earlier one."""
-    keys = np.array(sorted(got))
-    missing = sorted({int(i) for i in idx.tolist()} - set(got))
-    if missing:
-        log.warning("%s: frames %s could not be decoded; padded with the nearest earlier frame", path, missing[:8])
-    out = []
-    for i in idx.tolist():
-        if i in got:
-            out.append(got[i])
-        else:
-            pos = np.searchsorted(keys, i, side="right") - 1
-            out.append(got[int(keys[max(pos, 0)])])
-    return np.stack(out)
+def _pad_missing(path: str, idx: np.ndarray, out: np.ndarray | None, slots: dict[int, list[int]], done: list[int],
+                 extra: tuple[int, np.ndarray] | None) -> np.ndarray:
+    """Fill the frames the decoder never produced with the nearest earlier decoded one (the last decoded
+    frame counts even when not wanted; before every decoded frame: the first one)."""
+    source = {i: out[slots[i][0]] for i in done}
+    if extra is not None:
+        source[extra[0]] = extra[1]
+    keys = np.array(sorted(source))
+    missing = sorted(set(slots) - set(done))
+    log.warning("%s: frames %s could not be decoded; padded with the nearest earlier frame", path, missing[:8])
+    if out is None:
+        out = empty_array((len(idx), *extra[1].shape), extra[1].dtype)
+    for i in missing:
+        src = source[int(keys[max(int(np.searchsorted(keys, i, side="right")) - 1, 0)])]
+        for pos in slots[i]:
+            out[pos] = src
+    return out
 
 
 def read_all_frames(path: str | os.PathLike) -> np.ndarray:
