@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
-from .analysis import count_model
-from .models import list_models
+# Only the standard library at import time: `videoformer --help` must not import torch. Each handler imports
+# what it needs.
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Parameters and GMACs of one clip, built on the meta device (no weights, no compute)."""
+    from .analysis import count_model
+
     try:
         report = count_model(args.model, num_frames=args.frames, img_size=args.size, num_classes=args.num_classes)
     except ValueError as err:  # unknown model (lists close matches) or an invalid size
@@ -40,6 +43,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Registered names matching a shell pattern; a plain word matches as a substring."""
+    from .models import list_models
+
     pattern = args.pattern if any(ch in args.pattern for ch in "*?[") else f"*{args.pattern}*"
     names = list_models(pattern)
     if not names:
@@ -82,16 +87,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     try:
         k, s = _views(args.views)
-        run = load_run(args.run, args.overrides)
+        run = load_run(args.run, args.overrides, args.checkpoint)
         result = evaluate_run(run, k, s, shuffle_seed=0 if args.shuffle_frames else None, progress=not args.json)
     except ValueError as err:  # config, annotation and checkpoint errors; no video scored; NaN / inf scores
         print(f"videoformer eval: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"checkpoint": run.source, "shuffle_frames": args.shuffle_frames, **result.summary()},
+        print(json.dumps({"checkpoint": run.source, "checkpoint_note": run.note, "split": run.cfg.data.val,
+                          "classes": run.classes, "shuffle_frames": args.shuffle_frames, **result.summary()},
                          allow_nan=False))
         return 0
     print(f"checkpoint      {run.source}")
+    if run.note:
+        print(f"                {run.note}")
+    print(f"split           data.val = {run.cfg.data.val}")
     print(f"views           {result.views} (clips x crops){'  frames shuffled' if args.shuffle_frames else ''}")
     print(f"videos          {result.num_videos} scored, {result.skipped} skipped (missing or unreadable)")
     if result.action_acc is not None:
@@ -160,11 +169,21 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     """Attention-rollout PNG overlays of one video (MM-ViT: I-frame / MV / residual rows and an audio strip)."""
     from .analysis.rollout import rollout_video
 
-    if args.weights is None:
-        print("videoformer rollout: no --weights, the maps are those of a random initialisation", file=sys.stderr)
     try:
-        paths = rollout_video(args.model, args.video, args.out, args.weights, args.head_fusion,
-                              num_frames=args.frames, img_size=args.size, num_classes=args.num_classes)
+        if os.path.exists(args.model):  # a run directory, a checkpoint, any source load_pretrained reads
+            from .engine.predict import load_run, rollout_run
+
+            if args.weights or args.frames or args.size or args.num_classes:
+                raise ValueError("--weights / --frames / --size / --num-classes apply to a registered model name; "
+                                 f"{args.model} brings its own weights and sizes")
+            paths = rollout_run(load_run(args.model, checkpoint=args.checkpoint), args.video, args.out,
+                                args.head_fusion)
+        else:
+            if args.weights is None:
+                print("videoformer rollout: no --weights, the maps are those of a random initialisation",
+                      file=sys.stderr)
+            paths = rollout_video(args.model, args.video, args.out, args.weights, args.head_fusion,
+                                  num_frames=args.frames, img_size=args.size, num_classes=args.num_classes)
     except (ValueError, OSError) as err:
         print(f"videoformer rollout: {err}", file=sys.stderr)
         return 2
@@ -184,6 +203,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .engine.demo import main as demo_main
 
     return demo_main(["--out", args.out] + (["--quick"] if args.quick else []))
+
+
+def add_extract_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``videoformer extract`` (here, not in ``data.prepare``, so building the parser stays cheap)."""
+    p.add_argument("dataset", help="a dataset folder (every video below it, and its split / annotation files) "
+                                   "or a CSV path,label[,start,end] (the videos it lists, inside its folder)")
+    p.add_argument("out", help="output folder: the cache is OUT/<name of the dataset folder>, same layout, to use "
+                               "as data.root with the dataset's format and splits")
+    p.add_argument("--size", default="340x256", help="WIDTHxHEIGHT (MM-ViT / CoViAR: 340x256)")
+    p.add_argument("--gop", type=int, default=12)
+    p.add_argument("--qscale", type=int, default=2)
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="multi-view testing of a run directory or checkpoint on its data.val split")
     ev.add_argument("run", help="run directory (uses checkpoints/best.pt, else last.pt) or a checkpoint file")
+    ev.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                    help="of a run directory: best.pt (the epoch with the best validation top-1: optimistic on "
+                         "that split) or last.pt (the final weights); default best")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.val=test.csv")
     ev.add_argument("--views", help="KxS: K temporal clips x S spatial crops (1 or 3), e.g. 4x3 (default: eval.*)")
     ev.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, mean_class_acc, ...)")
@@ -234,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.set_defaults(handler=cmd_convert)
 
     ro = sub.add_parser("rollout", help="attention-rollout PNG overlays of a model on one video file")
-    ro.add_argument("model", help="registered model name, e.g. mmvit_b16_merged or timesformer_b16_divided")
+    ro.add_argument("model", help="a run directory, a checkpoint (any file or directory load_pretrained reads) or "
+                    "a registered model name (with --weights, else random weights), e.g. timesformer_b16_divided")
     ro.add_argument("video", help="video file (MM-ViT: an MPEG-4 re-encode without B-frames)")
     ro.add_argument("--out", default="rollout", help="output directory for the PNGs (default ./rollout)")
     ro.add_argument("--weights", help="state-dict file of the model (.safetensors / .pt); default: random init")
@@ -242,9 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--size", type=int, help="frame height = width S (default: the model's)")
     ro.add_argument("--num-classes", type=int, help="classifier outputs C, as in the weights (default: the model's)")
     ro.add_argument("--head-fusion", choices=("mean", "max"), default="mean", help="how heads are fused")
+    ro.add_argument("--checkpoint", choices=("best", "last"), default="best", help="of a run directory (default best)")
     ro.set_defaults(handler=cmd_rollout)
-
-    from .data.prepare import add_extract_arguments
 
     ex = add_extract_arguments(sub.add_parser("extract", help="prepare a dataset for the compressed-domain models"))
     ex.set_defaults(handler=cmd_extract)

@@ -147,6 +147,9 @@ class TrainConfig:
     clip_grad: Annotated[float | None, Range(0, hint="use train.clip_grad=null (or 0) to turn clipping off")] = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: Annotated[str, Device()] = "auto"  # auto: cuda when available
+    # CPU threads of the main process; null: one per physical core this process may use, less one per
+    # DataLoader worker (and shared by the processes of a CPU DDP run)
+    threads: Annotated[int | None, AT_LEAST_1] = None
     seed: Annotated[int, AT_LEAST_0] = 0
     deterministic: bool = False
     checkpoint_every: Annotated[int, AT_LEAST_0] = 0  # steps between mid-epoch `last` checkpoints (0: epoch ends only)
@@ -181,9 +184,40 @@ class Config:
         atomic_write(Path(path), lambda f: f.write(text))
 
 
-def _hint(name: str, valid: Sequence[str]) -> str:
+# Names other libraries use for our keys (difflib cannot see that ``learning_rate`` is ``lr``).
+SYNONYMS = {"learning_rate": "lr", "base_lr": "lr", "wd": "weight_decay", "epoch": "epochs", "num_epochs": "epochs",
+            "max_epochs": "epochs", "bs": "batch_size", "batchsize": "batch_size", "warmup": "warmup_epochs",
+            "lr_schedule": "schedule", "scheduler": "schedule", "optim": "optimizer", "workers": "num_workers",
+            "output": "output_dir", "out_dir": "output_dir", "model_name": "name", "arch": "name",
+            "frames": "num_frames", "image_size": "img_size", "classes": "num_classes", "amp": "precision",
+            "dataset": "format", "seed_value": "seed", "grad_clip": "clip_grad", "clip_grad_norm": "clip_grad"}
+
+
+def _hint(name: str, valid: Sequence[str], where: str = "") -> str:
+    """``did you mean ...?`` for an unknown key: close spellings and synonyms in its own section, the same
+    key in another section (a top-level ``lr`` is ``train.lr``), or a model-family field, which goes under
+    ``model.overrides``."""
     close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
+    if SYNONYMS.get(name) in valid:
+        close = [SYNONYMS[name], *(c for c in close if c != SYNONYMS[name])]
+    if not close:
+        sections = {f.name: f.default_factory() for f in dataclasses.fields(Config) if f.default_factory is not
+                    dataclasses.MISSING}
+        for section, obj in sections.items():
+            names = [f.name for f in dataclasses.fields(obj)]
+            key = name if name in names else SYNONYMS.get(name)
+            if key in names and section != where:
+                close.append(f"{section}.{key}")
+    if not close and where == "model" and name in _family_fields():
+        close = [f"model.overrides.{name} (a field of the model family's config)"]
     return (f"did you mean {', '.join(close)}? " if close else "") + f"valid keys: {', '.join(valid)}"
+
+
+def _family_fields() -> set[str]:
+    """Fields of every registered model family's config dataclass (the keys ``model.overrides`` takes)."""
+    from ..models.registry import _REGISTRY
+
+    return {f.name for spec in _REGISTRY.values() for f in dataclasses.fields(spec.config_cls)}
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -247,7 +281,7 @@ def _merge(obj: Any, values: Mapping[str, Any], where: str) -> None:
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in values.items():
         if key not in names:
-            raise ConfigError(f"{where}: unknown key {key!r}; {_hint(str(key), names)}")
+            raise ConfigError(f"{where + ': ' if where else ''}unknown key {key!r}; {_hint(str(key), names, where)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, Mapping):

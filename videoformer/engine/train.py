@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import sys
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from .evaluate import EvaluationError, autocast, evaluate, split_heads, to_devic
 from .model import freeze, pretrained_model
 from .report import TensorBoard, plot_confusion, plot_curves
 from .schedules import LRSchedule
+from .threads import set_threads
 
 
 class TrainingDiverged(RuntimeError):
@@ -184,6 +186,7 @@ class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg, t = cfg, cfg.train
         self.dist: DistInfo = init_distributed(t.device)
+        set_threads(t.threads, cfg.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         if t.batch_size % self.dist.world_size:
             raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by {self.dist.world_size} processes")
         if t.precision == "fp16" and self.dist.device.type != "cuda":
