@@ -60,9 +60,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     diverged, 1 when a file could not be written (disk full)."""
     from .data import DatasetFailure
     from .engine import TrainingDiverged, load_config, train
+    from .engine.interrupt import TrainingStopped
 
     try:
         train(load_config(args.config, args.overrides))
+    except TrainingStopped as err:
+        print(f"videoformer train: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, the last written checkpoint stays
+        print("videoformer train: interrupted; the last written checkpoint is kept and the same command resumes "
+              "from it", file=sys.stderr)
+        return 130
     except TrainingDiverged as err:
         print(f"videoformer train: {err}", file=sys.stderr)
         return 3
@@ -299,7 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which stops at a step boundary on its own)
+        print(f"videoformer {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ..analysis.shuffle import shuffle_frames
 from ..data import VideoDataset
 from .data import EvalItems, collate_eval
+from .interrupt import ignore_interrupts
 
 
 class EvaluationError(ValueError):
@@ -144,7 +145,7 @@ def evaluate(model: nn.Module, dataset: VideoDataset, heads: Sequence[int], num_
     was_training = model.training
     model.eval()
     loader = DataLoader(EvalItems(dataset, num_clips * num_crops), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=collate_eval)
+                        num_workers=num_workers, collate_fn=collate_eval, worker_init_fn=ignore_interrupts)
     gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
     scores: list[list[torch.Tensor]] = [[] for _ in heads]
     labels: list[torch.Tensor] = []
