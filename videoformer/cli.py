@@ -89,6 +89,28 @@ def _views(text: str | None) -> tuple[int | None, int | None]:
     return parse_views(text) if text else (None, None)
 
 
+def cmd_init_config(args: argparse.Namespace) -> int:
+    """Write (or print) a commented YAML config with every key and its default, pointed at a data folder."""
+    from .engine.template import init_config
+    from .fileio import atomic_write_text
+
+    try:
+        text, cfg = init_config(args.model, args.data, args.out)
+        if args.out:
+            if os.path.exists(args.out) and not args.force:
+                raise ValueError(f"{args.out} exists; pass --force to overwrite it")
+            atomic_write_text(args.out, text)
+    except (ValueError, OSError) as err:  # unknown model, no train/ val/ folders, unwritable file
+        print(f"videoformer init-config: {err}", file=sys.stderr)
+        return 2
+    if not args.out:
+        print(text, end="")
+        return 0
+    print(f"wrote {args.out} ({cfg.model.name}, runs in {cfg.output_dir}); next: videoformer train {args.out}",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Multi-view test of a run's validation split: top-1, top-5, mean class accuracy, per-class, confusion."""
     from .engine.predict import evaluate_run, load_run
@@ -242,8 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("pattern", nargs="?", default="*", help="shell pattern or substring, e.g. 'vivit_*'")
     lst.set_defaults(handler=cmd_list)
 
+    ic = sub.add_parser("init-config", help="write a commented YAML config (every key, its default) for a model "
+                        "and a data folder")
+    ic.add_argument("model", help="registered model name (see `videoformer list`) or a recipe, e.g. "
+                    "configs/small_temporal.yaml")
+    ic.add_argument("--data", help="dataset folder holding train/<class>/<video> and val/<class>/<video>")
+    ic.add_argument("--out", help="YAML file to write (default: print to stdout)")
+    ic.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    ic.set_defaults(handler=cmd_init_config)
+
     tr = sub.add_parser("train", help="train a model from a YAML config (resumes from OUTPUT_DIR/checkpoints/last.pt)")
-    tr.add_argument("config", help="YAML file, e.g. configs/vivit_b_fe_k400.yaml")
+    tr.add_argument("config", help="YAML file, e.g. configs/small_temporal.yaml or one written by `videoformer "
+                    "init-config`")
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=0.01")
     tr.set_defaults(handler=cmd_train)
 
