@@ -267,14 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     ic = sub.add_parser("init-config", help="write a commented YAML config (every key, its default) for a model "
                         "and a data folder")
     ic.add_argument("model", help="registered model name (see `videoformer list`) or a recipe, e.g. "
-                    "configs/small_temporal.yaml")
+                    "configs/small/temporal.yaml")
     ic.add_argument("--data", help="dataset folder holding train/<class>/<video> and val/<class>/<video>")
     ic.add_argument("--out", help="YAML file to write (default: print to stdout)")
     ic.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     ic.set_defaults(handler=cmd_init_config)
 
     tr = sub.add_parser("train", help="train a model from a YAML config (resumes from OUTPUT_DIR/checkpoints/last.pt)")
-    tr.add_argument("config", help="YAML file, e.g. configs/small_temporal.yaml or one written by `videoformer "
+    tr.add_argument("config", help="YAML file, e.g. configs/small/temporal.yaml or one written by `videoformer "
                     "init-config`")
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=0.01")
     tr.set_defaults(handler=cmd_train)

@@ -115,7 +115,7 @@ def detect_data(root: Path) -> list[str]:
 
 def init_config(model: str, data: str | None = None, out: str | None = None) -> tuple[str, Config]:
     """The commented YAML of a run of ``model`` (a registered name, or a YAML recipe such as
-    ``configs/small_temporal.yaml``) on the folder ``data``; returns the text and the config it describes."""
+    ``configs/small/temporal.yaml``) on the folder ``data``; returns the text and the config it describes."""
     from ..models.registry import get_spec
 
     recipe = Path(model) if model.endswith((".yaml", ".yml")) else None
@@ -126,9 +126,8 @@ def init_config(model: str, data: str | None = None, out: str | None = None) -> 
     spec = get_spec(cfg.model.name)  # unknown names list close matches
     if spec.config_cls.__name__ == "MMViTConfig":
         cfg.data.input = "compressed"
-    stem = Path(data).resolve().name if data else "data"
-    if cfg.output_dir == Config().output_dir:
-        cfg.output_dir = f"runs/{(recipe.stem if recipe else cfg.model.name)}_{stem}"
+    if data is not None:  # runs/<recipe or model>_<data folder>
+        cfg.output_dir = f"runs/{(recipe.stem if recipe else cfg.model.name)}_{Path(data).resolve().name}"
     validate(cfg)
     command = "videoformer init-config " + model + (f" --data {data}" if data else "") + (f" --out {out}" if out
                                                                                             else "")
