@@ -1,6 +1,7 @@
 """What every videoformer model shares: the classifier head, the model API, initialisation."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,12 +136,30 @@ class TransformerConfig:
     head_drop_rate: float = 0.0
     act: str = "gelu"
     norm_eps: float = 1e-6
-    # Initial std of the learned positional embeddings (ViT: 0.02) and of separable time embeddings (official
-    # TimeSformer: zeros). They matter only without pretrained weights: from scratch, a tiny TimeSformer did not
-    # learn a left-vs-right toy in 800 steps with the defaults, but did in 200 with time_embed_std=0.5 and in
-    # under 100 with both at 0.5 (a zero time embedding gives the model no frame order to start from).
-    pos_embed_std: float = 0.02
-    time_embed_std: float = 0.0
+    # Initialisation from scratch (pretrained and converted weights replace it; image-ViT inflation zeroes the time
+    # embedding itself). init_std: std of the linear weights; None: ViT's 0.02 from ViT-B's width (d = 768) up,
+    # 0.02 * sqrt(768 / dim) below it, so every width starts with ViT-B's pre-activation scale (at d = 64 with 0.02
+    # the blocks start almost linear, and mean pooling of nearly linear tokens cannot see frame order: order needs a
+    # content x position interaction). pos_embed_std / time_embed_std: the learned positional and separable time
+    # embeddings, None: the init_std of this width (the papers' 0.02 and the official TimeSformer's zeros are
+    # pos_embed_std=0.02, time_embed_std=0: a zero time embedding makes divided / factorised attention exactly
+    # blind to frame order, a state training leaves only slowly). README: "Learning frame order from scratch".
+    init_std: float | None = None
+    pos_embed_std: float | None = None
+    time_embed_std: float | None = None
+
+    @property
+    def weight_std(self) -> float:
+        """The std of linear weights at initialisation (``init_std`` or its width-scaled default)."""
+        return self.init_std if self.init_std is not None else 0.02 * max(1.0, math.sqrt(768 / self.dim))
+
+    @property
+    def pos_std(self) -> float:
+        return self.weight_std if self.pos_embed_std is None else self.pos_embed_std
+
+    @property
+    def time_std(self) -> float:
+        return self.weight_std if self.time_embed_std is None else self.time_embed_std
 
     def __post_init__(self) -> None:
         if self.img_size % self.patch_size:

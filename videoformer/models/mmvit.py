@@ -214,19 +214,19 @@ class MMViT(VideoModel):
         p, n = cfg.patch_size, cfg.patches
         self.embeds = nn.ModuleDict({m: TubeletEmbed(MODALITIES[m], d, (1, p, p)) for m in visual})  # Eq. 1-3
         self.pos_embeds = nn.ModuleDict({
-            m: SeparablePosEmbed(d, Grid(t=cfg.num_frames, h=n, w=n), cfg.pos_embed_std, time_std=cfg.time_embed_std)
+            m: SeparablePosEmbed(d, Grid(t=cfg.num_frames, h=n, w=n), cfg.pos_std, time_std=cfg.time_std)
             for m in visual})
         if "audio" in cfg.modalities:  # Eq. 4
             self.audio_embed = nn.Linear(cfg.audio_dim, d)
             self.audio_pos = nn.Parameter(torch.zeros(1, cfg.num_frames, d))
-            nn.init.trunc_normal_(self.audio_pos, std=cfg.pos_embed_std)
+            nn.init.trunc_normal_(self.audio_pos, std=cfg.pos_std)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.blocks = nn.ModuleList(
             Block(d, sublayer_plan(cfg), cfg.mlp_ratio, rate, cfg.drop_rate, cfg.act, cfg.norm_eps)
             for rate in drop_path_rates(cfg.drop_path_rate, cfg.depth)
         )
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
-        init_weights(self)
+        init_weights(self, cfg.weight_std)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self._init_head(cfg.num_classes, cfg.head_drop_rate)
 

@@ -77,7 +77,7 @@ class TimeSformer(VideoModel):
         self.patch_embed = TubeletEmbed(cfg.in_chans, d, (1, cfg.patch_size, cfg.patch_size))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = SeparablePosEmbed(d, Grid(t=cfg.num_frames, h=cfg.patches, w=cfg.patches, prefix=1),
-                                           cfg.pos_embed_std, time_std=cfg.time_embed_std, mode=cfg.pos_resize)
+                                           cfg.pos_std, time_std=cfg.time_std, mode=cfg.pos_resize)
         plan = sublayer_plan(cfg.scheme, cfg.patches)
         self.blocks = nn.ModuleList(
             Block(
@@ -89,7 +89,7 @@ class TimeSformer(VideoModel):
             for rate in drop_path_rates(cfg.drop_path_rate, cfg.depth)
         )
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
-        init_weights(self)
+        init_weights(self, cfg.weight_std)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self._init_head(cfg.num_classes, cfg.head_drop_rate)
 

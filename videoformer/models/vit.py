@@ -53,7 +53,7 @@ class FramewiseViT(VideoModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.class_token else None
         self.num_prefix = int(cfg.class_token)
         self.pos_embed = JointPosEmbed(d, Grid(t=1, h=cfg.patches, w=cfg.patches, prefix=self.num_prefix),
-                                       cfg.pos_embed_std, cfg.pos_resize)
+                                       cfg.pos_std, cfg.pos_resize)
         self.blocks = nn.ModuleList(
             Block(
                 d,
@@ -64,7 +64,7 @@ class FramewiseViT(VideoModel):
             for dp in drop_path_rates(cfg.drop_path_rate, cfg.depth)
         )
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
-        init_weights(self)
+        init_weights(self, cfg.weight_std)
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
         self._init_head(cfg.num_classes, cfg.head_drop_rate)

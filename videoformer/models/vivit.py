@@ -77,24 +77,24 @@ class ViViT(VideoModel):
         if cfg.model == 2:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.spatial_pool == "token" else None
             prefix = int(self.cls_token is not None)
-            self.pos_embed = JointPosEmbed(d, Grid(t=1, h=n, w=n, prefix=prefix), cfg.pos_embed_std)
+            self.pos_embed = JointPosEmbed(d, Grid(t=1, h=n, w=n, prefix=prefix), cfg.pos_std)
             self.blocks = nn.ModuleList(block([[ALL]], r) for r in rates[: cfg.depth])
             self.norm_spatial = nn.LayerNorm(d, eps=cfg.norm_eps)
             if cfg.temporal_depth:
                 token = cfg.classifier == "token"
                 self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, d)) if token else None
-                self.temporal_pos_embed = JointPosEmbed(d, Grid(t=nt, h=1, w=1, prefix=int(token)), cfg.pos_embed_std)
+                self.temporal_pos_embed = JointPosEmbed(d, Grid(t=nt, h=1, w=1, prefix=int(token)), cfg.pos_std)
                 self.temporal_blocks = nn.ModuleList(block([[TIME]], r) for r in rates[cfg.depth:])
         else:
             token = cfg.classifier == "token"
             self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if token else None
-            self.pos_embed = JointPosEmbed(d, Grid(t=nt, h=n, w=n, prefix=int(token)), cfg.pos_embed_std)
+            self.pos_embed = JointPosEmbed(d, Grid(t=nt, h=n, w=n, prefix=int(token)), cfg.pos_std)
             space_time = [SPACE, TIME] if cfg.order == "st" else [TIME, SPACE]
             sublayers = {1: [[ALL]], 3: [[g] for g in space_time], 4: [space_time]}[cfg.model]
             self.blocks = nn.ModuleList(block(sublayers, r) for r in rates)
         plain_average = cfg.model == 2 and not cfg.temporal_depth
         self.norm = nn.Identity() if plain_average else nn.LayerNorm(d, eps=cfg.norm_eps)
-        init_weights(self)
+        init_weights(self, cfg.weight_std)
         for name in ("cls_token", "temporal_cls_token"):
             if getattr(self, name, None) is not None:
                 nn.init.trunc_normal_(getattr(self, name), std=0.02)
