@@ -116,6 +116,11 @@ BACKBONES: dict[str, dict[str, int]] = {
 }
 
 
+# std of a patch embedding's outputs at initialisation (PyTorch's default conv init on unit-variance pixels: 1/sqrt(3)
+# = 0.58, for any width and patch size), rounded: the default scale of positional and time embeddings
+EMBED_STD = 0.5
+
+
 @dataclass
 class TransformerConfig:
     """Fields every ViT-based video model shares. Clip size: ``num_frames × img_size²``."""
@@ -137,13 +142,14 @@ class TransformerConfig:
     act: str = "gelu"
     norm_eps: float = 1e-6
     # Initialisation from scratch (pretrained and converted weights replace it; image-ViT inflation zeroes the time
-    # embedding itself). init_std: std of the linear weights; None: ViT's 0.02 from ViT-B's width (d = 768) up,
-    # 0.02 * sqrt(768 / dim) below it, so every width starts with ViT-B's pre-activation scale (at d = 64 with 0.02
-    # the blocks start almost linear, and mean pooling of nearly linear tokens cannot see frame order: order needs a
-    # content x position interaction). pos_embed_std / time_embed_std: the learned positional and separable time
-    # embeddings, None: the init_std of this width (the papers' 0.02 and the official TimeSformer's zeros are
-    # pos_embed_std=0.02, time_embed_std=0: a zero time embedding makes divided / factorised attention exactly
-    # blind to frame order, a state training leaves only slowly). README: "Learning frame order from scratch".
+    # embedding itself). Frame order needs a content x position interaction, which a near-linear model with a
+    # faint position signal learns only slowly (README, "Learning frame order from scratch"), hence:
+    # - init_std, the std of linear weights; None: ViT's 0.02 from ViT-B's width (d = 768) up, 0.02 * sqrt(768 /
+    #   dim) below it, so every width starts with ViT-B's pre-activation scale (with 0.02, d = 64 starts near-linear);
+    # - pos_embed_std / time_embed_std, the learned positional and separable time embeddings; None: EMBED_STD, the
+    #   scale of the patch embedding's output, so position is as visible as content. The papers' 0.02 and the
+    #   official TimeSformer's zero time embedding (which leaves divided / factorised attention exactly blind to
+    #   frame order) are pos_embed_std=0.02, time_embed_std=0 (with init_std=0.02: the paper-faithful init).
     init_std: float | None = None
     pos_embed_std: float | None = None
     time_embed_std: float | None = None
@@ -155,11 +161,11 @@ class TransformerConfig:
 
     @property
     def pos_std(self) -> float:
-        return self.weight_std if self.pos_embed_std is None else self.pos_embed_std
+        return EMBED_STD if self.pos_embed_std is None else self.pos_embed_std
 
     @property
     def time_std(self) -> float:
-        return self.weight_std if self.time_embed_std is None else self.time_embed_std
+        return EMBED_STD if self.time_embed_std is None else self.time_embed_std
 
     def __post_init__(self) -> None:
         if self.img_size % self.patch_size:
