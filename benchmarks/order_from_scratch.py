@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             write_order_dataset(data, kinds, per_class, frames=16, size=32, seed=1000 + args.seed,
                                 codec="mpeg4" if compressed else "libx264")
         row = run_recipe(recipe, data, out / "runs" / f"{recipe}_{args.init}_{args.seed}", extra)
-        row.update(init=args.init, kinds=kinds, per_class=per_class, load=os.getloadavg()[0])
+        row.update(init=args.init, kinds=kinds, clips_per_class=per_class, load=os.getloadavg()[0])
         print(json.dumps(row), flush=True)
         rows.append(row)
     print("| recipe | init | pairs | top-1 | top-1, frames shuffled | train s |")
