@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="order_out")
     parser.add_argument("--recipes", default="temporal,framewise,mmvit")
     parser.add_argument("--kinds", default="vertical,size,presence", help="order pairs for the RGB recipes")
-    parser.add_argument("--mmvit-kinds", default="turn_back,presence", help="order pairs for MM-ViT")
+    parser.add_argument("--mmvit-kinds", default="turn_back", help="order pairs for MM-ViT (24 frames: one "
+                        "direction per GOP of 12, so that no segment's accumulated motion tells the class)")
     parser.add_argument("--per-class", default="50,16", help="train,val clips per class")
     parser.add_argument("--init", choices=("default", "paper"), default="default")
     parser.add_argument("--seed", type=int, default=0)
@@ -62,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         kinds = tuple((args.mmvit_kinds if compressed else args.kinds).split(","))
         data = out / "data" / ("mpeg4" if compressed else "h264") / "_".join(kinds)
         if not (data / "val").is_dir():
-            write_order_dataset(data, kinds, per_class, frames=16, size=32, seed=1000 + args.seed,
-                                codec="mpeg4" if compressed else "libx264")
+            write_order_dataset(data, kinds, per_class, frames=24 if compressed else 16, size=32,
+                                seed=1000 + args.seed, codec="mpeg4" if compressed else "libx264")
         row = run_recipe(recipe, data, out / "runs" / f"{recipe}_{args.init}_{args.seed}", extra)
         row.update(init=args.init, kinds=kinds, clips_per_class=per_class, load=os.getloadavg()[0])
         print(json.dumps(row), flush=True)

@@ -53,7 +53,8 @@ def fit(model: torch.nn.Module, train: tuple, steps: int, lr: float = 2e-3) -> t
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, x, y: torch.Tensor, shuffle: bool = False) -> float:
     if shuffle:  # one random frame order per clip, shared by its modalities
-        perm = torch.stack([torch.randperm(8, generator=torch.Generator().manual_seed(i)) for i in range(len(y))])
+        t = next(iter(x.values())).shape[1] if isinstance(x, dict) else x.shape[2]
+        perm = torch.stack([torch.randperm(t, generator=torch.Generator().manual_seed(i)) for i in range(len(y))])
         if isinstance(x, dict):  # (B, T, ...)
             x = {k: v[torch.arange(len(y))[:, None], perm] for k, v in x.items()}
         else:  # (B, C, T, H, W)

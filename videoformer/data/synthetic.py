@@ -213,6 +213,9 @@ def write_resolution_change(path: str | os.PathLike, parts: list[np.ndarray], fp
 # with its frames reversed ("turn_back": with its two halves swapped, i.e. up-then-down against down-then-up from a
 # random height, so that neither a frame nor a frame's motion tells the class, only which motion comes first).
 # Not the demo's motions (left / right, rotation), and none is a left / right mirror: horizontal flips keep labels.
+# In the compressed domain, motion vectors accumulate from the GOP's I-frame, so a segment's vectors carry its
+# displacement since the GOP started: write "turn_back" with 24 frames and GOP 12 (one direction per GOP) for a
+# pair that no segment tells apart (with 16 frames, the accumulated vectors of the first GOP give it away).
 ORDER_PAIRS = {"vertical": ("move_down", "move_up"), "size": ("grow", "shrink"),
                "presence": ("appear", "disappear"), "turn_back": ("down_then_up", "up_then_down")}
 
