@@ -89,30 +89,30 @@ def test_default_init_learns_order_where_the_paper_init_does_not() -> None:
 
 
 def compressed_clips(root: Path, n: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """``n`` MPEG-4 "turn_back" clips (down-then-up / up-then-down), as MM-ViT's test views of 8 segments."""
+    """``n`` MPEG-4 "turn_back" clips (down-then-up / up-then-down; 24 frames, GOP 12: one direction per GOP, so
+    no segment's motion vectors, accumulated from its I-frame, tell the class), as test views of 4 segments."""
     from videoformer.data.compressed import extract_compressed
     from videoformer.data.synthetic import write_video
     from videoformer.data.transforms import CompressedTransform
 
     rng, views = np.random.default_rng(seed), []
     for i in range(n):
-        path = write_video(root / f"{seed}_{i}.mp4", order_clip("turn_back", bool(i % 2), rng, frames=16, size=32),
-                           codec="mpeg4", fps=12, bit_rate=400_000)
-        c = extract_compressed(path, num_segments=8, audio=False)
+        path = write_video(root / f"{seed}_{i}.mp4", order_clip("turn_back", bool(i % 2), rng, frames=24, size=32),
+                           codec="mpeg4", fps=12, gop=12, bit_rate=400_000)
+        c = extract_compressed(path, num_segments=4, audio=False)
         views.append(CompressedTransform(size=32, train=False)(*(torch.from_numpy(a) for a in
                                                                  (c.iframe, c.mv, c.residual))))
-    return {m: torch.stack([v[m] for v in views]) for m in views[0]}, torch.arange(n) % 2
+    return {m: torch.stack([v[m] for v in views]) for m in ("iframe", "mv")}, torch.arange(n) % 2
 
 
 def test_mmvit_learns_the_order_of_its_compressed_frames(tmp_path: Path) -> None:
     """Down-then-up against up-then-down from a random height: each frame's I-frame, motion vectors and residual
     are distributed alike in both classes (a square somewhere, moving up or down), so only which motion comes
-    first tells the class. MM-ViT III (merged attention, from scratch) learns it, and shuffling its frames brings
-    it back to chance: per-frame motion vectors alone do not suffice."""
+    first tells the class. MM-ViT III (merged attention, from scratch; I-frames and motion vectors) learns it, and
+    shuffling its frames brings it back to chance: per-frame motion vectors alone do not suffice."""
     train, val = compressed_clips(tmp_path, 96, 1), compressed_clips(tmp_path, 48, 2)
     torch.manual_seed(0)
-    model = create_model("mmvit_tiny_merged", num_classes=2, num_frames=8, img_size=32,
-                         modalities=("iframe", "mv", "residual"))
+    model = create_model("mmvit_tiny_merged", num_classes=2, num_frames=4, img_size=32, modalities=("iframe", "mv"))
     fit(model, train, 150)
     acc, shuffled = accuracy(model, *val), accuracy(model, *val, shuffle=True)
     assert acc >= 0.85 and shuffled <= 0.7, (acc, shuffled)
@@ -139,6 +139,6 @@ def test_temporal_recipe_learns_order_from_scratch(tmp_path: Path) -> None:
 
 @slow
 def test_mmvit_recipe_learns_order_from_scratch(tmp_path: Path) -> None:
-    data = Path(write_order_dataset(tmp_path / "mpeg4", ("turn_back", "presence"), (50, 16), seed=6, codec="mpeg4"))
+    data = Path(write_order_dataset(tmp_path / "mpeg4", ("turn_back",), (50, 16), frames=24, seed=6, codec="mpeg4"))
     top1, shuffled = fit_recipe("mmvit", data, tmp_path / "run")
     assert top1 >= 0.8 and shuffled <= top1 - 0.2, (top1, shuffled)
