@@ -476,12 +476,11 @@ class Trainer:
             self.cfg.save(self.run_dir / "config.yaml")
         barrier(self.dist)
         self.resume()
-        if self.state.epoch >= self.cfg.train.epochs:
-            if self.dist.is_main:
-                print(self.complete_message(), file=sys.stderr)
-            cleanup(self.dist)
-            return self.state.history
         try:
+            if self.state.epoch >= self.cfg.train.epochs:
+                if self.dist.is_main:
+                    print(self.complete_message(), file=sys.stderr)
+                return self.state.history
             with self.stop:
                 for epoch in range(self.state.epoch, self.cfg.train.epochs):
                     self.stop_if_requested()  # Ctrl-C during the previous epoch's validation
