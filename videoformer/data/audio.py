@@ -326,6 +326,6 @@ def _embedder(weights: str | None) -> Callable[[np.ndarray], np.ndarray]:
 
         return embed
     warn_once(log, "vggish", "audio embeddings: no VGGish weights (data.audio_weights and %s unset); using the "
-              "per-band mean / std of the log-mel instead of VGGish (MM-ViT §3.2): set data.audio_weights=FILE "
+              "fallback, the per-band mean / std of the log-mel, instead of VGGish (MM-ViT §3.2): set data.audio_weights=FILE "
               "(a torchvggish state dict) for the paper's audio features", VGGISH_ENV)
     return fallback_embed
