@@ -191,6 +191,24 @@ def test_multiclip_test_views(tmp_path, src):
     assert not torch.equal(grid[0], grid[2]) and not torch.equal(grid[0], grid[3])
 
 
+def test_test_views_are_the_multiview_plan(src):
+    """VideoDataset clips x VideoTransform crops = ``multiview_indices``' views (one plan of K x S views)."""
+    from videoformer.data.annotations import VideoRecord
+    from videoformer.data.sampling import multiview_indices
+    from videoformer.data.transforms import crop, normalize, short_side_scale
+    from videoformer.data.video import read_all_frames
+
+    ds = VideoDataset([VideoRecord(str(src), 0)], num_frames=4, stride=3, train=False, num_clips=2,
+                      transform=VideoTransform(size=32, train=False, three_crop=True, short_side=40))
+    grid, _ = ds[0]
+    scaled = short_side_scale(torch.from_numpy(read_all_frames(src)).permute(3, 0, 1, 2), 40)  # (3, N, 40, 53)
+    views = multiview_indices(scaled.shape[1], 4, 3, 2, *scaled.shape[-2:], crop_size=32, num_crops=3)
+    assert grid.shape[0] == len(views) == 6
+    for got, v in zip(grid, views):
+        want = normalize(crop(scaled[:, torch.from_numpy(v.indices)], v.top, v.left, v.size, v.size).float() / 255)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
 def test_compressed_dataset_with_loader(tmp_path, src):
     from videoformer.data.annotations import VideoRecord
 

@@ -11,13 +11,13 @@ import torch
 from engine_util import base_overrides, make_folder_dataset
 from videoformer.cli import main as cli_main
 from videoformer.engine import ConfigError, load_config, train
-from videoformer.engine.evaluate import shuffle_modalities
+from videoformer.data.batch import Batch
 
 
 def test_shuffle_modalities_shares_the_frame_order() -> None:
     t = torch.arange(2 * 5, dtype=torch.float32).view(2, 5)
     x = {"iframe": t[:, :, None, None, None].expand(2, 5, 3, 2, 2), "audio": t[:, :, None].expand(2, 5, 4)}
-    y = shuffle_modalities(x, torch.Generator().manual_seed(0))
+    y = Batch(x, torch.zeros(2)).shuffled(torch.Generator().manual_seed(0)).inputs
     assert torch.equal(y["iframe"][:, :, 0, 0, 0], y["audio"][:, :, 0])
     assert torch.equal(y["audio"][:, :, 0].sort(dim=1).values, t) and not torch.equal(y["audio"][:, :, 0], t)
 

@@ -38,16 +38,17 @@ def test_verb_noun_heads_train_eval_predict(tmp_path: Path, capsys) -> None:
 
 def test_multi_head_mixup_mixes_inputs_once_with_one_lambda() -> None:
     from videoformer.data import Mixup
+    from videoformer.data.batch import RGB, Batch
     from videoformer.engine.train import mix
 
     x = torch.rand(4, 3, 2, 8, 8)
     y = torch.tensor([[0, 1], [1, 0], [2, 1], [0, 0]])
     for cut in (0.0, 1.0):
         mixups = [Mixup(n, mixup_alpha=1.0 - cut, cutmix_alpha=cut, label_smoothing=0.0) for n in (3, 2)]
-        mixed, target = mix(mixups, x, y, [0, 1])
+        mixed, target = mix(mixups, Batch({RGB: x}, y), [0, 1])
         assert target.shape == (4, 5) and torch.allclose(target.sum(1), torch.full((4,), 2.0))
         assert float(target[0, 0]) == pytest.approx(1.0)  # samples 0 and 3 (its partner) share verb 0
         own_verb, own_noun = target[1, 1], target[1, 3]  # sample 1 (verb 1, noun 0) with sample 2 (verb 2, noun 1)
         assert torch.isclose(own_verb, own_noun) and float(own_verb) < 1.0, "both heads use the same lambda"
         single, _ = mixups[0](x, y[:, 0], np.random.default_rng([0, 1]))
-        assert torch.equal(mixed, single)
+        assert torch.equal(mixed.inputs[RGB], single)

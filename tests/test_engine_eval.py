@@ -56,6 +56,7 @@ def test_shuffle_frames_leaves_a_framewise_model_unchanged(run: Path, capsys) ->
 
 
 def test_shuffled_views_change_a_temporal_model() -> None:
+    from videoformer.data.batch import RGB, Batch
     from videoformer.engine.evaluate import predict_scores
     from videoformer.models import create_model
 
@@ -63,12 +64,13 @@ def test_shuffled_views_change_a_temporal_model() -> None:
     with torch.no_grad():  # at initialisation the temporal sublayers are no-ops (zero fc, zero time embedding)
         for p in model.parameters():
             p.add_(torch.randn_like(p), alpha=0.1)
-    views = torch.randn(2, 2, 3, 4, 32, 32)  # (B, V, C, T, H, W)
+    clips = torch.randn(2, 2, 3, 4, 32, 32)  # (B, V, C, T, H, W)
+    views = Batch({RGB: clips}, torch.zeros(2, dtype=torch.long), views=2)
     plain = predict_scores(model, views, [3], torch.device("cpu"))[0]
     again = predict_scores(model, views, [3], torch.device("cpu"))[0]
     shuffled = predict_scores(model, views, [3], torch.device("cpu"), shuffle=torch.Generator().manual_seed(0))[0]
     assert torch.equal(plain, again) and not torch.allclose(plain, shuffled)
-    reversed_views = predict_scores(model, views.flip(3), [3], torch.device("cpu"))[0]
+    reversed_views = predict_scores(model, views.map(lambda _, v: v.flip(3)), [3], torch.device("cpu"))[0]
     framewise = create_model("vit_tiny_framewise", num_classes=3).eval()
     f_plain = predict_scores(framewise, views, [3], torch.device("cpu"))[0]
     f_shuffled = predict_scores(framewise, views, [3], torch.device("cpu"), shuffle=torch.Generator().manual_seed(0))[0]

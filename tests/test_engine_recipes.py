@@ -25,7 +25,7 @@ def test_recipe(path: Path) -> None:
     with torch.device("meta"):
         model = build_model(cfg.model, 101)
     assert (model.cfg.num_frames, model.cfg.img_size) == (cfg.model.num_frames, cfg.model.img_size)
-    assert (cfg.data.input == "compressed") == hasattr(model.cfg, "modalities")
+    assert (cfg.data.input == "compressed") == model.input_spec.compressed
     assert all(0 < m < cfg.train.epochs for m in cfg.train.milestones)
     assert cfg.train.warmup_epochs < cfg.train.epochs
     assert cfg.output_dir == f"runs/{path.stem}"

@@ -11,11 +11,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from videoformer.analysis import TOP_LEVEL, count_macs, count_model
-from videoformer.layers import AxisAttention, Grid, Grouping, attend, fused_attention
+from videoformer.layers import AttentionModule, AxisAttention, Grid, Grouping, fused_attention
 from videoformer.models import create_model
 
 
-class LinearAttend(nn.Module):
+class LinearAttend(AttentionModule):
     """One linear layer making Q, K, V, then one attention call: ``N·d·3d + N²·d (QKᵀ) + N²·d (AV)`` MACs."""
 
     def __init__(self, dim: int, heads: int) -> None:
@@ -24,7 +24,7 @@ class LinearAttend(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        return attend(q, k, v)
+        return self.attend(q, k, v)
 
 
 @pytest.mark.parametrize("device", ["cpu", "meta"])
@@ -32,7 +32,7 @@ class LinearAttend(nn.Module):
 def test_counter_matches_analytic_linear_and_attention(device: str, fused: bool) -> None:
     n, d = 10, 24
     model = LinearAttend(d, heads=3).to(device)
-    with fused_attention(fused):
+    with fused_attention(fused, model):
         report = count_macs(model, (n, d))
     assert report.macs == n * d * 3 * d + 2 * n * n * d
     assert report.params == d * 3 * d + 3 * d
@@ -53,8 +53,10 @@ def test_counter_on_axis_attention_with_prefix_and_groups() -> None:
     tokens, seq = grid.prefix + grid.numel, grid.prefix + grid.h * grid.w
     expected = tokens * d * 3 * d + tokens * d * d + grid.t * 2 * seq * seq * d
     for fused in (True, False):
-        with torch.device("meta"), fused_attention(fused):
-            assert count_macs(Wrap(), (tokens, d)).macs == expected
+        with torch.device("meta"):
+            wrap = Wrap()
+        with fused_attention(fused, wrap):
+            assert count_macs(wrap, (tokens, d)).macs == expected
 
 
 def test_grouped_convolution() -> None:
@@ -86,9 +88,9 @@ def test_agrees_with_torch_flop_counter_on_meta() -> None:
 def test_fused_manual_and_meta_counts_agree(name: str) -> None:
     model = create_model(name).train()
     shape = (3, 4, 32, 32)
-    with fused_attention(True):
+    with fused_attention(True, model):
         fused = count_macs(model, shape)
-    with fused_attention(False):
+    with fused_attention(False, model):
         manual = count_macs(model, shape)
     with torch.device("meta"):
         meta = count_macs(create_model(name), shape)

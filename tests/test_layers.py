@@ -137,3 +137,36 @@ def test_positional_init_scales_are_config_values():
     big = create_model("timesformer_tiny_divided", pos_embed_std=0.5, time_embed_std=0.5)
     assert 0.3 < big.pos_embed.space.std() < 0.6 and 0.3 < big.pos_embed.time.std() < 0.6
     assert 0.3 < create_model("vivit_tiny_joint", pos_embed_std=0.5).pos_embed.pos.std() < 0.6
+
+
+def test_grouping_is_hashable_and_its_patterns_are_cached():
+    a = Grouping(("t", "h", "w"), window={"h": 2, "w": 3})
+    b = Grouping(["t", "h", "w"], window={"w": 3, "h": 2})
+    assert a == b and hash(a) == hash(b) and len({a, b, Grouping(("t",))}) == 2
+    grid = Grid(t=2, h=4, w=6)
+    assert a.patterns(grid) is b.patterns(grid)  # computed once per (grouping, grid)
+
+
+def test_fused_and_recording_are_per_module_settings():
+    import videoformer.layers.attention as attention_mod
+    from videoformer.layers import fused_attention, record_attention
+
+    grid = Grid(t=2, h=2, w=2, prefix=1)
+    one, other = AxisAttention(16, 4, [Grouping(("h", "w"))]), AxisAttention(16, 4, [Grouping(("t",))])
+    x = torch.randn(1, 1 + grid.numel, 16)
+    weights, seen = [], []
+    with fused_attention(False, one), record_attention(weights.append, other):
+        assert not one.fused and other.fused and other.recorder is not None and one.recorder is None
+        one(x, grid), other(x, grid)
+    assert one.fused and "fused" not in one.__dict__ and "recorder" not in other.__dict__  # restored
+    assert [w.shape for w in weights] == [(4, 4, 3, 3)]  # only `other` recorded: B·h·w sequences, CLS + t = 2
+    with pytest.raises(TypeError, match="model"):
+        fused_attention(False).__enter__()
+    original = attention_mod.F.scaled_dot_product_attention
+    attention_mod.F.scaled_dot_product_attention = lambda *a, **k: seen.append(1) or original(*a, **k)
+    try:
+        with fused_attention(False, one):
+            one(x, grid), other(x, grid)
+    finally:
+        attention_mod.F.scaled_dot_product_attention = original
+    assert seen == [1]  # the fused kernel ran for `other` only

@@ -8,11 +8,10 @@ import torch
 from torch import nn
 
 from videoformer.analysis.flops import count_macs
-from videoformer.layers import Grid, fused_attention, record_attention
+from videoformer.layers import AxisAttention, Grid, fused_attention, record_attention
 from videoformer.models import create_model
 from videoformer.models.mmvit import (
-    ORDERS, VARIANTS, CoAttention, ConvAttention, MissingModalityError, ShiftMerge, init_mmvit_from_image,
-    mv_embedding_from_rgb,
+    ORDERS, VARIANTS, MissingModalityError, ShiftMerge, init_mmvit_from_image, mv_embedding_from_rgb,
 )
 
 TINY = [f"mmvit_tiny_{v}" for v in VARIANTS]
@@ -76,7 +75,7 @@ def test_forward_backward_fused_manual(name):
     model.eval()
     with torch.no_grad():
         fused = model(**x)  # keywords work as the mapping does
-        with fused_attention(False):
+        with fused_attention(False, model):
             manual = model(x)
     torch.testing.assert_close(fused, manual, atol=1e-5, rtol=1e-5)
 
@@ -148,7 +147,8 @@ def _grid(m=4, t=2, h=2, w=2, prefix=1):
 def test_coattention_matches_direct_implementation_and_excludes_own_modality():
     torch.manual_seed(0)
     d, heads, grid = 16, 2, _grid()
-    attn = CoAttention(d, heads).eval()
+    coattn = create_model("mmvit_tiny_coattn", depth=1).blocks[0].attns[1].spec  # order TMS: M second
+    attn = AxisAttention(d, heads, coattn).eval()
     x = torch.randn(2, grid.prefix + grid.numel, d)
     out = attn(x, grid)
     # direct: for each (t, h, w) and query modality s, softmax over the keys of s' != s
@@ -162,9 +162,10 @@ def test_coattention_matches_direct_implementation_and_excludes_own_modality():
     torch.testing.assert_close(out[:, 1:], ref, atol=1e-5, rtol=1e-5)
     assert torch.equal(out[:, :1], torch.zeros_like(out[:, :1]))  # CLS untouched
     weights = []
-    with record_attention(weights.append):
+    with record_attention(weights.append, attn):
         attn(x, grid)
-    assert weights[0].shape[-2:] == (1, grid.m - 1)
+    assert weights[0].shape[-2:] == (grid.m, grid.m)  # each query's weight on its own modality is zero
+    assert torch.equal(weights[0].diagonal(dim1=-2, dim2=-1), torch.zeros_like(weights[0].diagonal(dim1=-2, dim2=-1)))
     two = _grid(m=2)
     y = torch.randn(1, two.prefix + two.numel, d)
     out2 = attn(y, two)  # one key: output of modality 0 is the projected value of modality 1
@@ -191,7 +192,7 @@ def test_local_windows_restrict_the_receptive_field():
     torch.manual_seed(0)
     model = create_model("mmvit_tiny_local", depth=1).eval()  # 4 frames, 4×4 patches: windows 2 frames, 2×2
     time_attn, _, space_attn = model.blocks[0].attns
-    assert isinstance(space_attn, ConvAttention) and space_attn.conv.kernel_size == (1, 2, 2)
+    assert space_attn.spec.post is not None and space_attn.conv.kernel_size == (1, 2, 2)
     assert time_attn.conv.kernel_size == (2, 1, 1)
     grid = _grid(m=2, t=4, h=4, w=4)
     x = torch.randn(1, 1 + grid.numel, 64)

@@ -80,7 +80,7 @@ def test_fused_and_manual_attention_agree(name):
     x = clip()
     with torch.no_grad():
         fused = model(x)
-        with fused_attention(False):
+        with fused_attention(False, model):
             manual = model(x)
     torch.testing.assert_close(fused, manual, atol=1e-5, rtol=1e-5)
 

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from videoformer.analysis.flops import count_macs
-from videoformer.layers import AxisAttention, Block, Grid, Grouping, fused_attention
+from videoformer.layers import AxisAttention, Block, ClsShift, FrameShift, Grid, Grouping, Sublayer, fused_attention
 from videoformer.layers import FrameGrid
 from videoformer.layers.shift import shift_frames
 from videoformer.models import create_model
-from videoformer.models.msca import HEAD_VARIANTS, PATCH_VARIANTS, VARIANTS, CrossFrameAttention, TokenShiftBlock
+from videoformer.models.msca import HEAD_VARIANTS, PATCH_VARIANTS, VARIANTS, msca_sublayer
 
 D, HEADS, T, B, TOKENS = 16, 4, 3, 2, 5  # tiny attention tests: 1 CLS + 2x2 patches per frame
 GRID = FrameGrid(t=1, h=2, w=2, prefix=1, frames=T)
@@ -61,7 +61,14 @@ def tiny_attention(variant="KV", back=1, fwd=1, boundary="zero", identity_proj=F
     if identity_proj:  # the output is then the concatenated heads
         nn.init.eye_(msa.proj.weight)
         nn.init.zeros_(msa.proj.bias)
-    return msa, CrossFrameAttention.adopt(msa, variant, back, fwd, boundary)
+    return msa, msca_like(msa, variant, back, fwd, boundary)
+
+
+def msca_like(msa, variant, back, fwd, boundary):
+    """The MSCA sublayer with the weights of the frame-wise MSA ``msa``."""
+    attn = AxisAttention(D, HEADS, msca_sublayer(variant, back, fwd, boundary))
+    attn.load_state_dict(msa.state_dict())
+    return attn
 
 
 # ---- the shift operator -------------------------------------------------------------------------------------
@@ -103,7 +110,7 @@ def test_msca_matches_direct_equations(variant, boundary):
     x = torch.randn(B * T, TOKENS, D)
     expected = reference_msca(x, attn, variant, back, fwd, boundary)
     for fused in (True, False):
-        with fused_attention(fused):
+        with fused_attention(fused, attn):
             torch.testing.assert_close(attn(x, GRID), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -137,7 +144,7 @@ def test_msca_qkv_is_a_shift_of_the_attention_output(boundary):
 
 def test_zero_and_circular_differ_only_at_the_boundary_frames():
     msa, zero = tiny_attention("KV", 1, 1, "zero")
-    circ = CrossFrameAttention.adopt(msa, "KV", 1, 1, "circular")
+    circ = msca_like(msa, "KV", 1, 1, "circular")
     x = torch.randn(B * T, TOKENS, D)
     a, b = zero(x, GRID).view(B, T, TOKENS, D), circ(x, GRID).view(B, T, TOKENS, D)
     torch.testing.assert_close(a[:, 1:-1], b[:, 1:-1])
@@ -164,9 +171,10 @@ def reference_token_shift(z, frames, d_b, d_f):
 
 
 def test_token_shift_block_is_eq_4_to_9():
-    block = Block(D, [AxisAttention(D, HEADS, [Grouping(("t", "h", "w"))])])
-    shifted = TokenShiftBlock(block, 3, 5)
-    assert shifted.attns[0] is block.attns[0] and shifted.mlp is block.mlp
+    frame = Sublayer((Grouping(("t", "h", "w")),))
+    block = Block(D, HEADS, [frame])
+    shifted = Block(D, HEADS, [frame], pre=ClsShift(3, 5))
+    shifted.load_state_dict(block.state_dict(), strict=True)  # the same parameters under the same names
     z = torch.randn(B * T, TOKENS, D)
     frame_grid = Grid(t=1, h=2, w=2, prefix=1)
     z1 = reference_token_shift(z, T, 3, 5)  # Eq. 4
@@ -178,8 +186,8 @@ def test_token_shift_block_is_eq_4_to_9():
 
 def test_token_shift_defaults_to_a_quarter_of_the_channels_each_way():
     model = create_model("tokenshift_tiny")
-    assert all((b.back, b.fwd) == (16, 16) for b in model.blocks)
-    assert all((b.back, b.fwd) == (192, 192) for b in _meta("tokenshift_b16").blocks)
+    assert all((b.pre.back, b.pre.fwd) == (16, 16) for b in model.blocks)
+    assert all((b.pre.back, b.pre.fwd) == (192, 192) for b in _meta("tokenshift_b16").blocks)
 
 
 # ---- models: identities with the frame-wise ViT -----------------------------------------------------------------
@@ -221,8 +229,8 @@ def test_identical_frames_circular_is_the_framewise_vit(name, overrides):
 
 def test_msca_only_in_the_last_k_blocks():
     model = create_model("msca_tiny", depth=3, msca_blocks=2).eval()
-    kinds = [type(b.attns[0]) for b in model.blocks]
-    assert kinds == [AxisAttention, CrossFrameAttention, CrossFrameAttention]
+    kinds = [type(b.attns[0].spec.qkv_hook) for b in model.blocks]
+    assert kinds == [type(None), FrameShift, FrameShift]
     vit = create_model("vit_tiny_framewise", depth=3).eval()
     vit.load_state_dict(model.state_dict(), strict=True)
     outs = {}
@@ -235,7 +243,7 @@ def test_msca_only_in_the_last_k_blocks():
     torch.testing.assert_close(outs[("msca", 0)], outs[("vit", 0)], rtol=0, atol=1e-6)
     assert (outs[("msca", 1)] - outs[("vit", 1)]).abs().max() > 1e-4
     none = create_model("msca_tiny", msca_blocks=0)
-    assert all(isinstance(b.attns[0], AxisAttention) for b in none.blocks)
+    assert all(b.attns[0].spec.qkv_hook is None for b in none.blocks)
 
 
 # ---- weights and cost ---------------------------------------------------------------------------------------------
@@ -253,7 +261,7 @@ def test_same_parameters_and_macs_as_the_framewise_vit(name):
     shape = (3, 8, 224, 224)
     macs, vit_macs = count_macs(model, shape).macs, count_macs(vit, shape).macs
     assert macs == vit_macs and macs > 0
-    with fused_attention(False):
+    with fused_attention(False, model):
         assert count_macs(model, shape).macs == vit_macs
 
 
@@ -268,7 +276,7 @@ def test_tiny_models_load_the_framewise_vit_and_train(name):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     model.eval()
     x = clip()
-    with torch.no_grad(), fused_attention(False):
+    with torch.no_grad(), fused_attention(False, model):
         manual = model(x)
     with torch.no_grad():
         torch.testing.assert_close(model(x), manual, rtol=1e-5, atol=1e-5)
@@ -295,13 +303,13 @@ def test_bad_configs(name, overrides, message):
 
 def test_msca_sublayer_rejects_too_many_heads():
     with pytest.raises(ValueError, match="back=3 \\+ fwd=2 .* num_heads=4"):
-        CrossFrameAttention(D, HEADS, "KV", 3, 2)
+        AxisAttention(D, HEADS, msca_sublayer("KV", 3, 2))
 
 
 def test_msca_only_replaces_a_frame_wise_msa():
-    temporal = AxisAttention(D, HEADS, [Grouping(("t",))], prefix="exclude")
+    temporal = Sublayer((Grouping(("t",)),), "exclude", qkv_hook=FrameShift(1, 1))
     with pytest.raises(ValueError, match="frame-wise MSA"):
-        CrossFrameAttention.adopt(temporal, "KV", 1, 1)
+        AxisAttention(D, HEADS, temporal)
 
 
 @pytest.mark.parametrize("name, overrides", [

@@ -201,7 +201,7 @@ def test_mhpa_goes_through_the_one_attention_call_site(monkeypatch):
         raise AssertionError("SDPA called although fused attention is off")
 
     monkeypatch.setattr(attention_mod.F, "scaled_dot_product_attention", forbidden)
-    with fused_attention(False):
+    with fused_attention(False, model):
         manual = model(x)
     torch.testing.assert_close(fused, manual, rtol=1e-4, atol=1e-5)
 

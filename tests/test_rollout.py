@@ -6,7 +6,8 @@ import torch
 
 from videoformer.analysis.rollout import RolloutError, attention_rollout
 from videoformer.cli import main
-from videoformer.models import create_model
+from videoformer.layers import attend_over, fused_attention
+from videoformer.models import TimeSformer, create_model, model_config
 from videoformer.models.mmvit import VARIANTS
 
 
@@ -69,6 +70,50 @@ def test_timesformer_divided_matches_dense_rollout():
     mats = [dense(mod, x, time_seqs if i % 2 == 0 else space_seqs, replicate=i % 2 == 1)
             for i, (mod, x) in enumerate(sublayer_inputs(model, clip))]
     ours = attention_rollout(model, clip)["video"]
+    assert ours.shape == (1, 4, 4, 4)
+    torch.testing.assert_close(ours.flatten(), roll(mats))
+
+
+class TimeWidthThenHeight(TimeSformer):
+    """A factorisation no paper has, in a few lines of plan: attend over (t, w) -- an added sublayer, CLS left
+    alone, extra fc -- then over h with the CLS token replicated."""
+
+    @staticmethod
+    def sublayer_plan(cfg):
+        tw = attend_over("t", "w", prefix="exclude", extra_proj=True, init="added")
+        return [(tw, attend_over("h"))] * cfg.depth
+
+
+def test_a_new_factorisation_is_a_plan_builds_runs_and_rolls_out():
+    torch.manual_seed(0)
+    model = TimeWidthThenHeight(model_config("timesformer_tiny_divided"))
+    divided = create_model("timesformer_tiny_divided")
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in divided.state_dict().items()}
+    clip = torch.randn(2, 3, 4, 32, 32)
+    y = model(clip)
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
+    y.square().sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        fused = model(clip)
+        with fused_attention(False, model):
+            torch.testing.assert_close(model(clip), fused, rtol=1e-5, atol=1e-5)
+    # image-ViT initialisation reads the init roles: the (t, w) sublayer's fc starts at zero
+    from videoformer.weights import init_from_image
+
+    init_from_image(model, create_model("vit_tiny_framewise").state_dict())
+    assert model.blocks[0].attns[0].fc.weight.abs().sum() == 0
+    # rollout against the dense token-by-token product (4 frames of 4×4 patches, n = h * 4 + w)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    one = clip[:1]
+    tw_seqs = [[token(0, t, h * 4 + w) for t in range(4) for w in range(4)] for h in range(4)]
+    h_seqs = [[token(0, t, h * 4 + w) for h in range(4)] for t in range(4) for w in range(4)]
+    mats = [dense(mod, x, tw_seqs if i % 2 == 0 else h_seqs, replicate=i % 2 == 1)
+            for i, (mod, x) in enumerate(sublayer_inputs(model, one))]
+    ours = attention_rollout(model, one)["video"]
     assert ours.shape == (1, 4, 4, 4)
     torch.testing.assert_close(ours.flatten(), roll(mats))
 

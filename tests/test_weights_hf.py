@@ -68,7 +68,7 @@ def test_logits_match_hugging_face(checkpoints, case, fused):
     ours = load_pretrained(directory)
     assert isinstance(ours, OURS[case]) and not ours.training
     x = torch.randn(B, 3, T, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad(), fused_attention(fused):
+    with torch.no_grad(), fused_attention(fused, ours):
         logits = ours(x)
     expected = hf_logits(hf, x, case)
     assert logits.shape == expected.shape == (B, CLASSES)

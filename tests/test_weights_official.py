@@ -131,7 +131,7 @@ def test_timesformer_release_loads_exactly_and_matches_the_official_logits(tmp_p
         hf = hf_timesformer(state, scheme, frames)
         x = torch.randn(2, 3, frames, size, size, generator=torch.Generator().manual_seed(frames))
         for fused in (True, False):
-            with torch.no_grad(), fused_attention(fused):
+            with torch.no_grad(), fused_attention(fused, model):
                 got = model(x)
             assert (got - official_logits(hf, x, scheme)).abs().max().item() < 1e-4, (frames, size, fused)
 

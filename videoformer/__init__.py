@@ -8,7 +8,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 _LAZY = {"create_model": "videoformer.models", "list_models": "videoformer.models",
-         "init_from_image": "videoformer.weights", "load_pretrained": "videoformer.weights"}
+         "init_from_image": "videoformer.weights", "load_pretrained": "videoformer.weights",
+         "extract_features": "videoformer.engine.features"}
 __all__ = sorted([*_LAZY, "__version__"])
 
 

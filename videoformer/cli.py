@@ -2,7 +2,9 @@
 ``train`` (a YAML config with ``key=value`` overrides), ``eval`` (multi-view testing of a run or checkpoint),
 ``predict`` (class scores of video files), ``convert`` (any pretrained checkpoint -> a videoformer directory),
 ``extract`` (compressed-domain cache of a dataset), ``rollout``
-(attention-rollout overlays), ``demo`` (the synthetic-action demo behind ``make demo``).
+(attention-rollout overlays), ``export`` (ONNX / torch.export with preprocessing.json), ``features`` (pre-logits
+embeddings per clip window), ``demo`` (the synthetic-action demo behind ``make demo``); ``predict --window``
+writes sliding-window timelines.
 
 Each subcommand is a parser in :func:`build_parser` and a handler.
 """
@@ -12,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 # Only the standard library at import time: `videoformer --help` must not import torch. Each handler imports
@@ -148,7 +151,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Top-k classes of each video file; unreadable files get an error line and do not stop the others."""
-    from .engine.predict import load_run, predict_files
+    from .engine.inputs import stream_predictions
+    from .engine.predict import load_run
 
     try:
         run = load_run(args.checkpoint)
@@ -157,8 +161,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"videoformer predict: {err}", file=sys.stderr)
         return 2
-    results = predict_files(run, args.videos, k, s, args.topk)
-    for r in results:
+    if args.window is not None or args.stride is not None:
+        return _predict_timelines(args, run)
+    failed = False
+    for r in stream_predictions(run, args.videos, k, s, args.topk):
+        failed |= "error" in r
         if args.json:
             print(json.dumps(r, allow_nan=False))
         elif "error" in r:
@@ -167,7 +174,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
             preds = "; ".join(f"{head}: " + ", ".join(f"{p['class']} {p['score']:.3f}" for p in ps)
                               for head, ps in r["predictions"].items())
             print(f"{r['path']}: {preds}")
-    return 1 if any("error" in r for r in results) else 0
+    return 1 if failed else 0
+
+
+def _predict_timelines(args: argparse.Namespace, run) -> int:
+    """``predict --window/--stride``: a timeline (JSON, CSV, PNG) of sliding-window scores per video."""
+    from .data import VideoReadError
+    from .engine.inputs import expand_videos
+    from .engine.timeline import check_window, timeline, write_timeline
+
+    try:
+        check_window(args.window, args.stride)
+        k, s = _views(args.views) if args.views else (1, 1)
+        if k != 1:
+            raise ValueError(f"--window scores one clip per window; use --views 1x{s}")
+    except ValueError as err:
+        print(f"videoformer predict: {err}", file=sys.stderr)
+        return 2
+    failed, stems = False, set()
+    for path in expand_videos(args.videos):
+        try:
+            tl = timeline(run, path, args.window, args.stride, s)
+        except (VideoReadError, ValueError, OSError) as err:  # missing, unreadable, non-finite scores
+            failed = True
+            print(f"{path}: error: {err}", file=sys.stderr)
+            continue
+        stem, n = Path(path).stem, 1
+        while stem in stems:  # two videos named alike in one call
+            stem, n = f"{Path(path).stem}-{n}", n + 1
+        stems.add(stem)
+        files = write_timeline(tl, args.out, args.topk, stem)
+        if args.json:
+            print(json.dumps(tl.to_dict(args.topk), allow_nan=False))
+        else:
+            print(f"{path}: {len(tl.windows)} windows of {tl.window:g} s every {tl.stride:g} s -> "
+                  f"{', '.join(map(str, files))}")
+        for err in tl.errors:
+            print(f"{path}: skipped {err}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -226,6 +270,37 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .data.prepare import run_extract
 
     return run_extract(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A run or pretrained model -> ONNX or a torch.export program, with preprocessing.json beside it."""
+    from .engine.export import export_model
+
+    try:
+        result = export_model(args.source, args.out, args.format, args.dynamic_batch)
+    except (ValueError, OSError) as err:  # ExportError, checkpoint / config errors, an unwritable OUT
+        print(f"videoformer export: {err}", file=sys.stderr)
+        return 2
+    checked = ("" if result.max_abs_diff is None else
+               f" (onnxruntime vs eager on a random clip: max |diff| {result.max_abs_diff:.1e})")
+    print(f"{result.model_file}{checked}")
+    print(result.preprocessing_file)
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    """Pre-logits embeddings of every clip window of a dataset's videos (safetensors + index.csv), resumable."""
+    from .engine.features import extract_features
+
+    try:
+        res = extract_features(args.source, args.dataset, args.out, args.window, args.stride, workers=args.workers)
+    except (ValueError, OSError) as err:  # bad source, dataset (ExtractError), window; OUT unwritable
+        print(f"videoformer features: {err}", file=sys.stderr)
+        return 2
+    print(f"{res.root}: {res.done} videos computed, {res.reused} reused, {len(res.failed)} failed -> {res.index}")
+    for path, err in res.failed[:20]:
+        print(f"  failed: {path}: {err}", file=sys.stderr)
+    return 1 if res.failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -292,11 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="class scores of video files from a trained checkpoint")
     pr.add_argument("checkpoint", help="run directory or checkpoint file")
-    pr.add_argument("videos", nargs="+", metavar="VIDEO")
+    pr.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, folders (every video below), glob "
+                    "patterns, or - to read paths from stdin as they come")
     pr.add_argument("--topk", type=int, default=5, help="classes shown per file (per head)")
     pr.add_argument("--views", help="KxS views whose scores are averaged per file (default 4x3; 1x3 for "
                     "compressed-domain runs)")
     pr.add_argument("--json", action="store_true", help="one JSON object per file (JSON lines)")
+    pr.add_argument("--window", type=float, metavar="SEC", help="slide windows of SEC seconds over each video and "
+                    "write a timeline (JSON, CSV, PNG) to --out (default window: one clip's span)")
+    pr.add_argument("--stride", type=float, metavar="SEC", help="seconds between window starts (default: --window)")
+    pr.add_argument("--out", default="timeline", help="folder of the timelines (default ./timeline)")
     pr.set_defaults(handler=cmd_predict)
 
     cv = sub.add_parser("convert", help="a pretrained checkpoint (official release, Hugging Face, run) -> a "
@@ -323,6 +403,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = add_extract_arguments(sub.add_parser("extract", help="prepare a dataset for the compressed-domain models"))
     ex.set_defaults(handler=cmd_extract)
+
+    xp = sub.add_parser("export", help="a run or pretrained model -> ONNX or a torch.export program (+ "
+                        "preprocessing.json)")
+    xp.add_argument("source", help="run directory, checkpoint, or anything load_pretrained reads (convert's output, "
+                    "a release file, a Hugging Face directory)")
+    xp.add_argument("out", help="output folder: model.onnx or model.pt2, and preprocessing.json")
+    xp.add_argument("--format", choices=("onnx", "exported-program"), default="onnx")
+    xp.add_argument("--dynamic-batch", action="store_true", help="leave the batch axis free (default: batch 1)")
+    xp.set_defaults(handler=cmd_export)
+
+    fe = sub.add_parser("features", help="one pre-logits embedding per clip window of every video of a dataset")
+    fe.add_argument("source", help="run directory, checkpoint, or anything load_pretrained reads")
+    fe.add_argument("dataset", help="a folder (every video below it), a CSV path,label[,...] or one video file")
+    fe.add_argument("out", help="output folder: <relative path>.safetensors per video, index.csv, features.json")
+    fe.add_argument("--window", type=float, metavar="SEC", help="window length (default: one clip's span)")
+    fe.add_argument("--stride", type=float, metavar="SEC", help="seconds between window starts (default: --window)")
+    fe.add_argument("--workers", type=int, default=1, help="parallel processes, one model each (default 1)")
+    fe.set_defaults(handler=cmd_features)
 
     de = sub.add_parser("demo", help="synthetic action dataset -> train tiny models -> measured report.md")
     de.add_argument("--out", default="demo_out", help="output folder (dataset, runs, report.md)")

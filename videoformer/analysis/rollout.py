@@ -10,10 +10,11 @@ row vector is pushed back one sublayer at a time on the grouped grid and never b
 - Prefix tokens replicated into every sequence (``prefix="replicate"``) average their outputs over the
   sequences, so their row is ``1/G`` of each sequence's; excluded prefix tokens keep their weight.
 - Head groups attending over different axes (ViViT model 4) each contribute their share of the heads.
-- Co-attention has no weight on the own modality; shift-merge (Eq. 17-20, no attention weights) moves
-  ``1/|S|`` of the channels of each token to every modality at the same position and keeps its own value,
-  so it mixes by ``½ (1/|S| + I)``. MM-ViT IV's window convolutions (identity at initialisation) are not
-  part of the rollout.
+- Masked keys (co-attention: the own modality) have zero weight; shift-merge (a ``"shift_merge"`` spec,
+  Eq. 17-20, no attention weights) moves ``1/|S|`` of the channels of each token to every modality at the
+  same position and keeps its own value, so it mixes by ``½ (1/|S| + I)``. Window convolutions (MM-ViT IV's
+  post-op, identity at initialisation) are not part of the rollout. Specs that move tokens across frames
+  outside the attention weights (MSCA's q/k/v hook, TokenShift's block hook) have no rollout here.
 - Pooling: the CLS token (TimeSformer, ViViT 1, MM-ViT), the mean of the per-frame CLS tokens or patch
   tokens (frame-wise ViT), the mean of all tokens (ViViT 3, 4); ViViT model 2 rolls back through the temporal
   encoder to frame weights, then through the spatial encoder of each frame.
@@ -27,11 +28,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..layers import AxisAttention, Block, Grid, Grouping, record_attention
-from ..models.mmvit import CoAttention, ConvAttention, ShiftMerge
+from ..layers import AxisAttention, Block, Grid, Grouping, ShiftMerge, record_attention
 
 HeadFusion = Literal["mean", "max"]
-_SUPPORTED = (AxisAttention, CoAttention, ConvAttention, ShiftMerge)
+_SUPPORTED = (AxisAttention, ShiftMerge)
 
 
 class RolloutError(ValueError):
@@ -56,10 +56,12 @@ def _sublayers(model: nn.Module) -> dict[str, nn.Module]:
     out = {}
     for list_name in lists:
         for i, block in enumerate(getattr(model, list_name)):
-            if type(block) is not Block or any(type(a) not in _SUPPORTED for a in block.attns):
+            if (type(block) is not Block or block.pre is not None
+                    or any(type(a) not in _SUPPORTED or a.spec.qkv_hook is not None for a in block.attns)):
                 raise RolloutError(f"{type(model).__name__}.{list_name}.{i} ({type(block).__name__}: "
                                    f"{[type(a).__name__ for a in getattr(block, 'attns', [])]}) is not grid "
-                                   f"attention; rollout supports {[c.__name__ for c in _SUPPORTED]}")
+                                   f"attention; rollout supports {[c.__name__ for c in _SUPPORTED]} without "
+                                   "frame shifts")
             out.update({f"{list_name}.{i}.attns.{j}": a for j, a in enumerate(block.attns)})
     return out
 
@@ -73,11 +75,12 @@ def _record(model: nn.Module, inputs: Any) -> list[_Record]:
             records.append(_Record(name, module, args[1], args[0].shape[0]))
         return pre
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in _sublayers(model).items()]
+    sublayers = _sublayers(model)
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in sublayers.items()]
     training = model.training
     try:
         model.eval()
-        with torch.no_grad(), record_attention(lambda w: records[-1].weights.append(w)):
+        with torch.no_grad(), record_attention(lambda w: records[-1].weights.append(w), *sublayers.values()):
             model(dict(inputs) if isinstance(inputs, Mapping) else inputs)
     finally:
         model.train(training)
@@ -113,27 +116,19 @@ def _push(r: torch.Tensor, grid: Grid, grouping: Grouping, A: torch.Tensor, repl
 
 def _mix(r: torch.Tensor, rec: _Record, head_fusion: HeadFusion) -> torch.Tensor:
     """``r·A`` for one sublayer (every head group, heads split evenly among them)."""
-    module, grid = rec.module, rec.grid
-    if isinstance(module, ShiftMerge):
+    spec, grid = rec.module.spec, rec.grid
+    if spec.mixer == "shift_merge":
         m = grid.m
         A = (torch.full((m, m), 1.0 / m) + torch.eye(m)) / 2
         g = Grouping(("m",))
         return _push(r, grid, g, A.expand(g.num_groups(grid) * r.shape[0], m, m), replicate=False)
-    if isinstance(module, CoAttention):
-        w = _fuse(rec.weights[0], head_fusion)[:, 0]  # (G*m, m-1): each query's weights on the others
-        m = grid.m
-        w = rearrange(w, "(g m) j -> g m j", m=m)
-        A = w.new_zeros(w.shape[0], m, m)
-        for i in range(m):
-            A[:, i, [j for j in range(m) if j != i]] = w[:, i]
-        return _push(r, grid, module.groupings[0], A, replicate=False)
-    replicate = module.prefix == "replicate"
-    if module.prefix == "exclude":
+    replicate = spec.prefix == "replicate"
+    if not replicate:
         grid = grid.replace(prefix=0)
         pre, r = r[:, : rec.grid.prefix], r[:, rec.grid.prefix :]
-    outs = [_push(r, grid, g, _fuse(w, head_fusion), replicate) for g, w in zip(module.groupings, rec.weights)]
+    outs = [_push(r, grid, g, _fuse(w, head_fusion), replicate) for g, w in zip(spec.groupings, rec.weights)]
     out = torch.stack(outs).mean(dim=0)
-    return out if module.prefix != "exclude" else torch.cat([pre, out], dim=1)
+    return out if replicate else torch.cat([pre, out], dim=1)
 
 
 def _roll_back(r: torch.Tensor, records: list[_Record], head_fusion: HeadFusion) -> torch.Tensor:

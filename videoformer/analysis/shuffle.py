@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..data.batch import shuffle_time
+
 
 def shuffle_frames(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """``(B, C, T, H, W)`` clips -> the same clips, each with its own random permutation of the ``T`` axis."""
@@ -11,6 +13,4 @@ def shuffle_frames(x: torch.Tensor, generator: torch.Generator | None = None) ->
         raise ValueError(f"expected clips of shape (B, C, T, H, W), got {tuple(x.shape)}")
     B, T = x.shape[0], x.shape[2]
     order = torch.rand(B, T, generator=generator, device=generator.device if generator else "cpu")
-    perms = order.argsort(dim=1).to(x.device)  # (B, T): one permutation per clip
-    index = perms[:, None, :, None, None].expand_as(x)
-    return x.gather(2, index)
+    return shuffle_time(x, order.argsort(dim=1).to(x.device), 2)  # one permutation per clip

@@ -3,10 +3,12 @@
 Modules: ``video`` (PyAV decode, metadata), ``sampling`` (TSN / dense / multi-view), ``compressed``
 (MPEG-4 re-encode, I-frame / motion vectors / residual), ``audio`` (16 kHz log-mel, VGGish),
 ``annotations`` (dataset formats), ``datasets`` (VideoDataset, CompressedVideoDataset), ``transforms``,
-``mixup``, ``synthetic`` (write small test videos), ``prepare`` (``videoformer extract``: MPEG-4 + log-mel
-cache in the dataset's layout, checksummed), ``benchmark`` (``python -m videoformer.data.benchmark``).
+``mixup``, ``batch`` (``InputSpec``: what a model consumes; ``Batch``: what the loaders give it), ``clock``
+(timestamps <-> seconds), ``synthetic`` (write small test videos), ``prepare`` (``videoformer extract``: MPEG-4 +
+log-mel cache in the dataset's layout, checksummed), ``benchmark`` (``python -m videoformer.data.benchmark``).
 """
 
+from videoformer.data.batch import Batch, InputSpec
 from videoformer.data.errors import AnnotationError, CacheError, ExtractError, VideoDecodeError, VideoReadError
 from videoformer.data.sampling import (
     View,
@@ -39,5 +41,5 @@ __all__ = [
     "CompressedClip", "extract_compressed", "reencode_mpeg4", "Annotations", "VideoRecord", "read_csv",
     "read_epic_kitchens", "read_folder", "read_hmdb51", "read_kinetics", "read_ssv2", "read_ucf101",
     "CompressedVideoDataset", "DatasetFailure", "VideoDataset", "CompressedTransform", "VideoTransform",
-    "Mixup", "one_hot_smooth", "PrepareConfig", "extract_dataset", "verify_cached",
+    "Mixup", "one_hot_smooth", "PrepareConfig", "extract_dataset", "verify_cached", "Batch", "InputSpec",
 ]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from videoformer.data.clock import seconds, stream_start, timestamp
 from videoformer.data.errors import VideoReadError, warn_once
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> tuple
             if not c.streams.audio:
                 return None
             a = c.streams.audio[0]
-            offset = 0.0
-            if a.start_time is not None and a.time_base is not None:
-                offset = float(a.start_time * a.time_base)
-            if c.streams.video:
-                v = c.streams.video[0]
-                if v.start_time is not None and v.time_base is not None:
-                    offset -= float(v.start_time * v.time_base)
+            offset = stream_start(a) - stream_start(c.streams.video[0] if c.streams.video else None)
             rs = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
             chunks = []
             for frame in c.decode(a):
@@ -141,10 +136,9 @@ def frame_aligned_logmel(path: str | os.PathLike, times_sec: np.ndarray, video_s
             if not c.streams.audio:
                 return None
             a = _only_audio(c)
-            audio_start = float(a.start_time * a.time_base) if a.start_time is not None and a.time_base else 0.0
+            audio_start = stream_start(a)
             if video_start is None:
-                v = c.streams.video[0] if c.streams.video else None
-                video_start = float(v.start_time * v.time_base) if v is not None and v.start_time is not None else 0.0
+                video_start = stream_start(c.streams.video[0] if c.streams.video else None)
             rel = times + (video_start - audio_start)  # seconds after the first audio sample
             first_row = np.round(rel * (SAMPLE_RATE / HOP)).astype(np.int64) - EXAMPLE // 2
             out = np.empty((len(times), EXAMPLE, BANDS), np.float32)
@@ -201,12 +195,12 @@ def _decode_span(c, a, audio_start: float, first: int, last: int, seek: float | 
     frame before time ``seek`` (None: from where the fresh demuxer ``c`` stands, the start); None when that
     frame starts after sample ``first``."""
     if seek is not None:
-        c.seek(int(seek / a.time_base), stream=a, backward=True)
+        c.seek(timestamp(seek, a.time_base), stream=a, backward=True)
     rs = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     chunks, origin, n = [], None, 0
     for frame in c.decode(a):
         if origin is None:
-            t0 = float(frame.pts * frame.time_base) if frame.pts is not None else audio_start
+            t0 = seconds(frame.pts, frame.time_base) if frame.pts is not None else audio_start
             origin = int(round((t0 - audio_start) * SAMPLE_RATE)) if seek is not None else 0
             if origin > first:
                 return None

@@ -25,6 +25,7 @@ import av
 import numba
 import numpy as np
 
+from videoformer.data.clock import frame_rate
 from videoformer.data.errors import VideoReadError, warn_once
 from videoformer.data.sampling import uniform_indices
 from videoformer.data.video import (FrameReader, _plan, _with_index_retry, frame_index, open_video,
@@ -83,7 +84,7 @@ def reencode_mpeg4(
     with open_video(src) as inp:
         vin = select_video_stream(inp, src)
         ain = inp.streams.audio[0] if inp.streams.audio else None
-        rate = Fraction(vin.average_rate or vin.guessed_rate or 25)
+        rate = frame_rate(vin) or Fraction(25)
         width, height = size if size is not None else (info.width, info.height)
         if width % 2 or height % 2:
             raise ValueError(f"{dst}: MPEG-4 4:2:0 needs an even size, got {width}x{height}")

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from videoformer.data.annotations import VideoRecord
+from videoformer.data.batch import COMPRESSED, RGB
 from videoformer.data.compressed import extract_compressed
 from videoformer.data.errors import VideoReadError, warn_once
 from videoformer.data.prepare import verify_cached
@@ -135,6 +136,12 @@ class VideoDataset(_SkippingDataset):
         self.num_frames, self.sampler, self.stride = num_frames, sampler, stride
         self.train, self.num_clips, self.transform, self.overflow = train, num_clips, transform, overflow
 
+    @staticmethod
+    def split(sample: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``({"rgb": clip}, label)`` of a sample: the model inputs of a :class:`~videoformer.data.batch.Batch`."""
+        clip, label = sample
+        return {RGB: clip}, label
+
     def clip_indices(self, num_frames: int, rng: np.random.Generator, clip_idx: int = 0) -> np.ndarray:
         if self.sampler == "uniform":
             return uniform_indices(num_frames, self.num_frames, self.train, rng)
@@ -194,6 +201,11 @@ class CompressedVideoDataset(_SkippingDataset):
             from videoformer.data.audio import default_embedder
 
             default_embedder(audio_weights)  # warns once when the VGGish fallback is used
+
+    @staticmethod
+    def split(sample: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``({modality: tensor}, label)`` of a sample: the model inputs of a :class:`~videoformer.data.batch.Batch`."""
+        return {m: sample[m] for m in COMPRESSED}, sample["label"]
 
     def _load(self, record: VideoRecord, rng: np.random.Generator):
         lo, hi = _frame_range(record, frame_index(record.path))

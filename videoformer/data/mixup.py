@@ -16,13 +16,14 @@ __all__ = ["one_hot_smooth", "Mixup"]
 
 
 def one_hot_smooth(target: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
-    """(B,) int -> (B, num_classes) float; ``1 - smoothing + smoothing / K`` on the true class."""
+    """(B,) int -> (B, num_classes) float on ``target``'s device; ``1 - smoothing + smoothing / K`` on the true
+    class."""
     if target.dim() != 1:
         raise ValueError(f"targets must be (B,) class indices, got {tuple(target.shape)}")
     if (target < 0).any() or (target >= num_classes).any():
         raise ValueError(f"targets out of range [0, {num_classes}): {target.tolist()}")
     off = smoothing / num_classes
-    out = torch.full((len(target), num_classes), off)
+    out = torch.full((len(target), num_classes), off, device=target.device)
     out.scatter_(1, target.view(-1, 1), 1.0 - smoothing + off)
     return out
 
@@ -35,7 +36,8 @@ class Mixup:
     modalities, mixed with the same lambda and box); integer targets (B,). For multi-head labels
     (Epic-Kitchens verb + noun) give ``num_classes`` as a tuple and targets (B, heads): the result is
     then a tuple of soft targets, one per head, mixed with the same lambda.
-    Returns the mixed inputs and soft targets (B, num_classes).
+    Returns the mixed inputs and soft targets (B, num_classes), on the inputs' device (the draws come from the
+    NumPy ``rng``, so a batch mixes the same on any device).
     """
 
     num_classes: int | tuple[int, ...]

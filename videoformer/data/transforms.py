@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from videoformer.data.sampling import spatial_crop_offsets
+from videoformer.settings import Augment
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "resize", "short_side_scale", "crop", "center_crop", "three_crop",
@@ -238,26 +239,23 @@ def normalize_residual(res: torch.Tensor, std: Sequence[float] = IMAGENET_STD, c
 
 
 @dataclass
-class VideoTransform:
+class VideoTransform(Augment):
     """RGB clip pipeline on uint8 (C, T, H, W) -> float normalised (C, T, size, size).
 
-    Train: scale jitter (``min_scale``-``max_scale`` of the short side, ViViT) or random resized crop,
-    flip, optional colour jitter and RandAugment. Test: short-side scale to ``size`` then centre crop,
-    or with ``three_crop=True`` left / centre / right crops stacked as (3, C, T, size, size).
+    Train: the :class:`~videoformer.settings.Augment` fields (keyword-only): scale jitter (``min_scale``-
+    ``max_scale`` of the short side, ViViT) or random resized crop, flip, optional colour jitter and
+    RandAugment. Test (the spatial half of multi-view testing, ViViT §4.1; the
+    temporal half is ``VideoDataset``'s clips, see :func:`~videoformer.data.sampling.multiview_indices`):
+    short-side scale to ``short_side`` (default ``size``) then centre crop, or with ``three_crop=True``
+    left / centre / right crops stacked as (3, C, T, size, size).
     """
 
     size: int = 224
     train: bool = True
-    crop: str = "scale_jitter"  # or "random_resized"
-    min_scale: float = 0.9
-    max_scale: float = 1.33
-    flip_prob: float = 0.5
-    color_jitter_prob: float = 0.0
-    randaug_layers: int = 0
-    randaug_magnitude: int = 15
     three_crop: bool = False
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    short_side: int | None = None  # test mode: the short side before cropping (None: ``size``)
 
     def __call__(self, clip: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
         if clip.dim() != 4 or clip.shape[0] != 3:
@@ -278,10 +276,10 @@ class VideoTransform:
             if self.randaug_layers:
                 x = rand_augment(x, rng, self.randaug_layers, self.randaug_magnitude)
         elif self.three_crop:
-            views = three_crop(short_side_scale(clip, self.size), self.size)
+            views = three_crop(short_side_scale(clip, self.short_side or self.size), self.size)
             return torch.stack([normalize(v.float() / 255.0, self.mean, self.std, channel_dim=0) for v in views])
         else:
-            x = center_crop(short_side_scale(clip, self.size), self.size).float() / 255.0
+            x = center_crop(short_side_scale(clip, self.short_side or self.size), self.size).float() / 255.0
         return normalize(x, self.mean, self.std, channel_dim=0)
 
 

@@ -46,6 +46,7 @@ from typing import Iterator, Sequence
 import av
 import numpy as np
 
+from videoformer.data.clock import frame_rate, seconds
 from videoformer.data.errors import VideoReadError
 
 log = logging.getLogger(__name__)
@@ -162,13 +163,6 @@ def select_video_stream(container: av.container.InputContainer, path: str, only:
     return chosen
 
 
-def _stream_fps(stream: av.video.stream.VideoStream) -> Fraction | None:
-    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
-        if rate is not None and rate > 0:
-            return Fraction(rate)
-    return None
-
-
 _NONE = np.iinfo(np.int64).min  # stands for a missing timestamp in int64 arrays
 
 
@@ -256,7 +250,7 @@ class FrameIndex:
     @property
     def start_time(self) -> float:
         """Timestamp of frame 0 in seconds (for aligning other streams)."""
-        return 0.0 if self.pts is None else float(int(self.pts[0]) * self.time_base)
+        return 0.0 if self.pts is None else seconds(int(self.pts[0]), self.time_base)
 
     def info(self) -> VideoInfo:
         fps = self.fps
@@ -411,7 +405,7 @@ def _build_index(path: str, from_packets: bool) -> FrameIndex:
             if not packets:
                 raise VideoReadError(path, "video stream holds no packets")
             fields = _index_from_packets(packets, path)
-        fps = _stream_fps(stream)
+        fps = frame_rate(stream)
         return FrameIndex(
             path=path, stream=stream.index, time_base=stream.time_base or Fraction(1, 1),
             width=int(first.width if first is not None else cc.width),

@@ -19,47 +19,7 @@ from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """An unknown key, a value of the wrong type or outside its choices, or an unreadable config file."""
-
-
-@dataclass(frozen=True)
-class Range:
-    """Allowed values of a numeric field (``list[Annotated[float, Range(...)]]``: of each element): ``lo`` /
-    ``hi`` bounds (None: open ended), inclusive unless ``lo_open`` / ``hi_open``; ``hint`` is appended to the
-    error (e.g. how to turn a feature off). An unset (None) optional field is not checked."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-    hint: str = ""
-
-    def describe(self) -> str:
-        if self.lo is not None and self.hi is not None:
-            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
-        if self.lo is not None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        return f"{'<' if self.hi_open else '<='} {self.hi:g}"
-
-    def check(self, value: float, where: str) -> None:
-        low_ok = self.lo is None or value > self.lo or (not self.lo_open and value == self.lo)
-        high_ok = self.hi is None or value < self.hi or (not self.hi_open and value == self.hi)
-        if not (low_ok and high_ok):
-            hint = f"; {self.hint}" if self.hint else ""
-            raise ConfigError(f"{where} must be {self.describe()}, got {value}{hint}")
-
-
-@dataclass(frozen=True)
-class Length:
-    """A list field of exactly ``n`` values."""
-
-    n: int
-
-    def check(self, value: list, where: str) -> None:
-        if len(value) != self.n:
-            raise ConfigError(f"{where} needs {self.n} values, got {value}")
+from ..settings import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, Augment, ConfigError, Length, Range
 
 
 class Device:
@@ -70,12 +30,6 @@ class Device:
         from .distributed import check_device
 
         check_device(value, where)
-
-
-POSITIVE = Range(0, lo_open=True)
-AT_LEAST_0 = Range(0)
-AT_LEAST_1 = Range(1)
-FRACTION = Range(0, 1)  # a probability or a share
 
 
 @dataclass
@@ -98,7 +52,9 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class DataSource:
+    """Where the videos of a run are and how they are read (the first keys of the ``data`` section)."""
+
     # annotation format; folder: root/<train>/<class>/<video> and root/<val>/<class>/<video>
     format: Literal["kinetics", "ucf101", "hmdb51", "ssv2", "epic", "csv", "folder"] = "folder"
     root: str = ""  # dataset folder
@@ -109,14 +65,14 @@ class DataConfig:
     sampler: Literal["dense", "uniform"] | None = None  # None: the weights' / model family's (model.preprocessing)
     # frames between sampled frames (dense); None: the weights' / model family's
     stride: Annotated[int | None, AT_LEAST_1] = None
-    crop: Literal["scale_jitter", "random_resized"] = "scale_jitter"  # training crop
-    min_scale: Annotated[float, POSITIVE] = 0.9  # scale jitter of the short side (<= max_scale)
-    max_scale: Annotated[float, POSITIVE] = 1.33
-    # horizontal flips in training; set 0 when a class depends on left vs right (e.g. "move left" / "move right")
-    flip_prob: Annotated[float, FRACTION] = 0.5
-    color_jitter_prob: Annotated[float, FRACTION] = 0.0  # share of training clips colour-jittered
-    randaug_layers: Annotated[int, AT_LEAST_0] = 0  # RandAugment operations per clip (0: off)
-    randaug_magnitude: Annotated[int, Range(0, 30)] = 15  # on RandAugment's 0-30 scale
+
+
+@dataclass
+class DataConfig(Augment, DataSource):
+    """The ``data`` section: :class:`DataSource` keys, then the training augmentation (:class:`Augment`, the
+    fields ``VideoTransform`` takes: ``crop``, ``min_scale``, ``max_scale``, ``flip_prob``,
+    ``color_jitter_prob``, ``randaug_layers``, ``randaug_magnitude``), then the loading keys below."""
+
     audio_weights: str = ""  # VGGish weights for compressed input with audio (default: the data module's fallback)
     num_workers: Annotated[int, AT_LEAST_0] = 0  # DataLoader processes decoding videos (0: in the main process)
     max_fail_fraction: Annotated[float, FRACTION] = 0.1  # share of unreadable training samples (over all workers)

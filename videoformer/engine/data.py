@@ -6,22 +6,18 @@ evaluation never substitutes a sample: an unreadable video is left out and count
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 from ..data import (Annotations, CompressedTransform, CompressedVideoDataset, DatasetFailure, VideoDataset,
                     VideoReadError, VideoRecord, VideoTransform, read_csv, read_epic_kitchens, read_folder, read_hmdb51,
                     read_kinetics, read_ssv2, read_ucf101)
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, center_crop, normalize, short_side_scale, three_crop
+from ..data.batch import Batch, with_views
 from .config import Config, ConfigError, DataConfig
-
-MODALITIES = ("iframe", "mv", "residual", "audio")
 
 
 def _resolve(root: Path, spec: str) -> Path:
@@ -78,70 +74,35 @@ def check_labels(ann: Annotations, heads: Sequence[int], split: str) -> None:
                               f"(heads of {list(heads)} classes)")
 
 
-@dataclass
-class EvalTransform:
-    """Test views of a uint8 (3, T, H, W) clip: short side to ``short_side`` (default ``size``), then 1 centre
-    or 3 crops of ``size`` along the longer side (ViViT §4.1) -> normalised (S, 3, T, size, size)."""
-
-    size: int
-    num_crops: int = 1
-    short_side: int | None = None
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def __call__(self, clip: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
-        scaled = short_side_scale(clip, self.short_side or self.size)
-        crops = [center_crop(scaled, self.size)] if self.num_crops == 1 else three_crop(scaled, self.size)
-        return torch.stack([normalize(c, self.mean, self.std, channel_dim=0) for c in crops])
-
-
 def video_dataset(cfg: Config, records: Sequence[VideoRecord], model: nn.Module, train: bool,
                   num_clips: int = 1, num_crops: int = 1) -> VideoDataset | CompressedVideoDataset:
-    """RGB clips, or compressed-domain samples (``data.input=compressed``: the modalities ``model`` takes)
-    at the model's frames and size; test mode gives ``num_clips`` x ``num_crops`` views. RGB clips follow
-    ``model.preprocessing`` (sampler, stride, short side, mean / std; see ``engine.model``). The dataset itself
-    never gives up on unreadable videos (a DataLoader worker sees only its share of them): the training loop
-    counts them over all workers and applies ``data.max_fail_fraction``."""
-    d, mc = cfg.data, model.cfg
-    if d.input == "compressed":
+    """The samples ``model.input_spec`` asks for: RGB clips following its preprocessing (sampler, stride, short
+    side, mean / std; see ``engine.model``), or compressed-domain samples of its modalities
+    (``data.input=compressed``), at its frames and size; test mode gives ``num_clips`` x ``num_crops`` views.
+    The dataset itself never gives up on unreadable videos (a DataLoader worker sees only its share of them):
+    the training loop counts them over all workers and applies ``data.max_fail_fraction``."""
+    d, spec = cfg.data, model.input_spec
+    if spec.compressed:
         if num_clips != 1:
             raise ConfigError(f"compressed input samples one TSN clip per video (views 1xS), got {num_clips} clips")
-        transform = CompressedTransform(size=mc.img_size, train=train, flip=d.flip_prob > 0, min_scale=d.min_scale,
-                                        max_scale=d.max_scale, three_crop=num_crops == 3)
-        return CompressedVideoDataset(records, num_segments=mc.num_frames, train=train, transform=transform,
-                                      audio="audio" in mc.modalities, audio_weights=d.audio_weights or None,
+        transform = CompressedTransform(size=spec.img_size, train=train, flip=d.flip_prob > 0,
+                                        min_scale=d.min_scale, max_scale=d.max_scale, three_crop=num_crops == 3)
+        return CompressedVideoDataset(records, num_segments=spec.num_frames, train=train, transform=transform,
+                                      audio="audio" in spec.modalities, audio_weights=d.audio_weights or None,
                                       max_fail_fraction=1.0, seed=cfg.train.seed)
-    pre = model.preprocessing
+    pre = spec.preprocessing
     if train:
-        transform = VideoTransform(size=pre.img_size, train=True, crop=d.crop, min_scale=d.min_scale,
-                                   max_scale=d.max_scale, flip_prob=d.flip_prob, color_jitter_prob=d.color_jitter_prob,
-                                   randaug_layers=d.randaug_layers, randaug_magnitude=d.randaug_magnitude,
-                                   mean=pre.mean, std=pre.std)
+        transform = VideoTransform(size=pre.img_size, train=True, mean=pre.mean, std=pre.std, **d.augment())
     else:
-        transform = EvalTransform(pre.img_size, num_crops, pre.short_side, pre.mean, pre.std)
+        transform = VideoTransform(size=pre.img_size, train=False, three_crop=num_crops == 3,
+                                   short_side=pre.short_side, mean=pre.mean, std=pre.std)
     return VideoDataset(records, num_frames=pre.num_frames, sampler=pre.sampler, stride=pre.stride, train=train,
                         num_clips=num_clips, transform=transform, max_fail_fraction=1.0, seed=cfg.train.seed)
 
 
-def split_sample(sample) -> tuple[torch.Tensor | dict[str, torch.Tensor], torch.Tensor]:
-    """``(clip, label)`` of an RGB sample, or ``({modality: tensor}, label)`` of a compressed one."""
-    if isinstance(sample, dict):
-        return {k: v for k, v in sample.items() if k in MODALITIES}, sample["label"]
-    return sample
-
-
-def as_views(x: torch.Tensor | dict[str, torch.Tensor], num_views: int):
-    """Test views with a leading view axis V: clips (V, 3, T, H, W); modalities (V, T, C, H, W) and audio
-    (V, T, F), the audio shared by the spatial crops of a clip."""
-    if isinstance(x, dict):
-        return {k: v.expand(num_views, *v.shape) if v.dim() == 2 else v.reshape(num_views, *v.shape[-4:])
-                for k, v in x.items()}
-    return x.reshape(num_views, *x.shape[-4:])
-
-
 class CountingDataset(Dataset):
-    """``(clip, label, skipped, error)``: how many unreadable videos the base dataset skipped for this item and
-    the last one's error ("" when none); ``clip`` and ``label`` are None when no video of the dataset is
+    """``(inputs, label, skipped, error)``: how many unreadable videos the base dataset skipped for this item and
+    the last one's error ("" when none); ``inputs`` and ``label`` are None when no video of the dataset is
     readable. Expected data failures thus reach the training loop as counts, never as a worker exception."""
 
     def __init__(self, base: VideoDataset | CompressedVideoDataset, indices: Sequence[int]) -> None:
@@ -153,26 +114,26 @@ class CountingDataset(Dataset):
     def __getitem__(self, i: int):
         before = self.base.stats.failures
         try:
-            clip, label = split_sample(self.base[self.indices[i]])
+            inputs, label = self.base.split(self.base[self.indices[i]])
         except DatasetFailure:
-            clip = label = None
+            inputs = label = None
         skipped = self.base.stats.failures - before
-        return clip, label, skipped, self.base.stats.last_error if skipped else ""
+        return inputs, label, skipped, self.base.stats.last_error if skipped else ""
 
 
-def collate_counted(batch):
-    """``(clips, labels, skipped (B,), errors)`` of :class:`CountingDataset` items; clips and labels are None
-    when an item found no readable video."""
+def collate_counted(batch) -> tuple[Batch | None, torch.Tensor, list[str]]:
+    """``(batch, skipped (B,), errors)`` of :class:`CountingDataset` items; the batch is None when an item found
+    no readable video."""
     skipped = torch.tensor([b[2] for b in batch])
     errors = [b[3] for b in batch if b[3]]
     if any(b[0] is None for b in batch):
-        return None, None, skipped, errors
-    return default_collate([b[0] for b in batch]), default_collate([b[1] for b in batch]), skipped, errors
+        return None, skipped, errors
+    return Batch.collate([b[:2] for b in batch]), skipped, errors
 
 
 class EvalItems(Dataset):
-    """``(views (V, 3, T, H, W), label, index, error)``: no substitution; an unreadable video gives an
-    empty view tensor and its error message, so it is counted as skipped and never scored."""
+    """``(inputs with V views (see with_views), label, index, error)``: no substitution; an unreadable video
+    gives no inputs and its error message, so it is counted as skipped and never scored."""
 
     def __init__(self, base: VideoDataset | CompressedVideoDataset, num_views: int) -> None:
         self.base, self.num_views = base, num_views
@@ -183,16 +144,16 @@ class EvalItems(Dataset):
     def __getitem__(self, i: int):
         record = self.base.records[i]
         try:
-            views, label = split_sample(self.base.load(i))
+            inputs, label = self.base.split(self.base.load(i))
         except (VideoReadError, ValueError, OSError) as err:
-            return torch.empty(0), torch.tensor(record.label), i, str(err)
-        return as_views(views, self.num_views), label, i, ""
+            return None, torch.tensor(record.label), i, str(err)
+        return with_views(inputs, self.num_views), label, i, ""
 
-
-def collate_eval(batch):
-    """Keep readable items stacked; return the errors of the unreadable ones."""
-    good = [b for b in batch if not b[3]]
-    bad = [(b[2], b[3]) for b in batch if b[3]]
-    if not good:
-        return None, None, [], bad
-    return (default_collate([b[0] for b in good]), torch.stack([b[1] for b in good]), [b[2] for b in good], bad)
+    def collate(self, batch) -> tuple[Batch | None, list[tuple[int, str]]]:
+        """The readable items as one :class:`Batch` of ``num_views`` views (None when there is none), and the
+        ``(index, error)`` of the unreadable ones."""
+        good = [b for b in batch if not b[3]]
+        bad = [(b[2], b[3]) for b in batch if b[3]]
+        if not good:
+            return None, bad
+        return Batch.collate([b[:2] for b in good], [b[2] for b in good], self.num_views), bad

@@ -14,9 +14,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..analysis.shuffle import shuffle_frames
 from ..data import VideoDataset
-from .data import EvalItems, collate_eval
+from ..data.batch import Batch
+from .data import EvalItems
 from .interrupt import ignore_interrupts
 
 
@@ -91,38 +91,16 @@ class EvalResult:
         return out
 
 
-Inputs = torch.Tensor | dict[str, torch.Tensor]
-
-
-def to_device(x: Inputs, device: torch.device) -> Inputs:
-    if isinstance(x, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
-    return x.to(device, non_blocking=True)
-
-
-def shuffle_modalities(x: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Compressed-domain views ``{m: (B, T, ...)}``: one random frame order per clip, shared by its modalities."""
-    first = next(iter(x.values()))
-    perms = torch.rand(first.shape[:2], generator=generator).argsort(dim=1).to(first.device)  # (B, T)
-    return {k: v.gather(1, perms.view(*perms.shape, *[1] * (v.dim() - 2)).expand_as(v)) for k, v in x.items()}
-
-
 @torch.no_grad()
-def predict_scores(model: nn.Module, views: Inputs, heads: Sequence[int], device: torch.device,
+def predict_scores(model: nn.Module, batch: Batch, heads: Sequence[int], device: torch.device,
                    precision: str = "fp32", shuffle: torch.Generator | None = None) -> list[torch.Tensor]:
-    """``(B, V, C, T, H, W)`` views (or a dict of ``(B, V, T, ...)`` modalities) -> per head ``(B, classes)``
-    softmax scores averaged over the V views; ``shuffle`` permutes the frames of every view first."""
-    first = next(iter(views.values())) if isinstance(views, dict) else views
-    b, v = first.shape[:2]
-    if isinstance(views, dict):
-        x = to_device({k: t.flatten(0, 1) for k, t in views.items()}, device)
-        x = shuffle_modalities(x, shuffle) if shuffle is not None else x
-    else:
-        x = views.flatten(0, 1).to(device)
-        x = shuffle_frames(x, shuffle) if shuffle is not None else x
+    """A test batch of V views per sample -> per head ``(B, classes)`` softmax scores averaged over the views;
+    ``shuffle`` permutes the frames of every view first (shared by the modalities of a view)."""
+    x = batch.flat_views().to(device, non_blocking=True)
+    x = x.shuffled(shuffle) if shuffle is not None else x
     with autocast(device, precision):
-        logits = model(x).float()
-    return [h.softmax(-1).unflatten(0, (b, v)).mean(1).cpu() for h in split_heads(logits, heads)]
+        logits = model(model.input_spec.select(x.inputs)).float()
+    return [h.softmax(-1).unflatten(0, (len(batch), batch.views)).mean(1).cpu() for h in split_heads(logits, heads)]
 
 
 def check_scores(scores: Sequence[torch.Tensor], paths: Sequence[str], source: str) -> None:
@@ -144,23 +122,23 @@ def evaluate(model: nn.Module, dataset: VideoDataset, heads: Sequence[int], num_
     :class:`EvaluationError` when no video is readable or ``model`` (named ``source``) scores one NaN / inf."""
     was_training = model.training
     model.eval()
-    loader = DataLoader(EvalItems(dataset, num_clips * num_crops), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=collate_eval, worker_init_fn=ignore_interrupts)
+    items = EvalItems(dataset, num_clips * num_crops)
+    loader = DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=items.collate, worker_init_fn=ignore_interrupts)
     gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
     scores: list[list[torch.Tensor]] = [[] for _ in heads]
     labels: list[torch.Tensor] = []
     errors: list[str] = []
     try:
-        for views, label, index, bad in tqdm(loader, desc="eval", disable=not progress, leave=False,
-                                             dynamic_ncols=True):
+        for batch, bad in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
             errors += [msg for _, msg in bad]
-            if views is None:
+            if batch is None:
                 continue
-            batch = predict_scores(model, views, heads, device, precision, gen)
-            check_scores(batch, [dataset.records[i].path for i in index], source)
-            for k, s in enumerate(batch):
+            batch_scores = predict_scores(model, batch, heads, device, precision, gen)
+            check_scores(batch_scores, [dataset.records[i].path for i in batch.index], source)
+            for k, s in enumerate(batch_scores):
                 scores[k].append(s)
-            labels.append(label.reshape(len(label), -1))
+            labels.append(batch.labels.reshape(len(batch), -1))
     finally:
         model.train(was_training)
     if not labels:

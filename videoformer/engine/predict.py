@@ -111,6 +111,8 @@ def _load_pretrained_run(path: Path, overrides: Sequence[str]) -> LoadedRun:
         raise CheckpointError(f"{path} is neither a videoformer run nor a pretrained model: {err}") from None
     cfg = Config()
     cfg.model.name = model.registry_name
+    if model.input_spec.compressed:  # MM-ViT reads the compressed domain (MPEG-4 re-encodes)
+        cfg.data.input = "compressed"
     for override in overrides:
         apply_override(cfg, override)
     validate(cfg)
@@ -152,11 +154,10 @@ def predict_files(run: LoadedRun, paths: Sequence[str], num_clips: int | None = 
         if not os.path.isfile(path):
             out.append({"path": str(path), "error": "file not found"})
             continue
-        views, _, _, error = items[i]
-        if error:
-            out.append({"path": str(path), "error": error})
+        batch, bad = items.collate([items[i]])
+        if bad:
+            out.append({"path": str(path), "error": bad[0][1]})
             continue
-        batch = {m: v[None] for m, v in views.items()} if isinstance(views, dict) else views[None]
         scores = predict_scores(run.model, batch, run.heads, run.device, cfg.train.precision)
         try:
             check_scores(scores, [str(path)], run.source)
@@ -181,12 +182,10 @@ def rollout_run(run: LoadedRun, video: str, out_dir: str, head_fusion: str = "me
                                                  num_crops=1), 1)[0]
     if error:
         raise ConfigError(f"{video}: {error}")
-    if isinstance(views, dict):  # compressed domain: {modality: (1, T, ...)}, drawn as they are
-        inputs = {m: v.to(run.device) for m, v in views.items()}
-        frames = inputs
-    else:
-        inputs = views.to(run.device)  # (1, C, T, H, W)
-        frames = {"video": inputs.transpose(1, 2)}
+    spec = run.model.input_spec
+    inputs = spec.select({m: v.to(run.device) for m, v in views.items()})
+    # compressed domain: {modality: (1, T, ...)}, drawn as they are; RGB: the (1, C, T, H, W) clip as frames
+    frames = inputs if spec.compressed else {"video": inputs.transpose(1, 2)}
     maps = attention_rollout(run.model, inputs, head_fusion)
     name = run.cfg.model.name
     return save_overlays(maps, {k: v.cpu() for k, v in frames.items()}, out_dir, f"{name}_{Path(video).stem}")

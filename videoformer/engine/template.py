@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .. import settings as settings_module
 from . import config as config_module
 from .config import Config, ConfigError, load_config, validate
 
@@ -29,8 +30,16 @@ SECTION_TITLES = {
 
 
 def field_comments() -> dict[tuple[str, str], str]:
-    """``(class name, field name) -> comment`` of every annotated field in ``engine/config.py``."""
-    source = Path(config_module.__file__).read_text(encoding="utf-8")
+    """``(class name, field name) -> comment`` of every annotated field in ``engine/config.py`` and
+    ``videoformer/settings.py`` (``Augment``, which ``DataConfig`` inherits)."""
+    out: dict[tuple[str, str], str] = {}
+    for module in (settings_module, config_module):
+        out.update(_module_comments(Path(module.__file__).read_text(encoding="utf-8")))
+    return out
+
+
+def _module_comments(source: str) -> dict[tuple[str, str], str]:
+    """The field comments of one module's source (see :func:`field_comments`)."""
     comments: dict[int, str] = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
@@ -87,7 +96,7 @@ def render(cfg: Config, header: str) -> str:
         out += ["", f"# --- {section.name}: {SECTION_TITLES.get(section.name, '')}", f"{section.name}:"]
         hints = typing.get_type_hints(type(value), include_extras=True)
         for f in dataclasses.fields(value):
-            comment = notes.get((type(value).__name__, f.name), "")
+            comment = next((notes[(c.__name__, f.name)] for c in type(value).__mro__ if (c.__name__, f.name) in notes), "")
             allowed = _choices(hints[f.name])
             text = "; ".join(s for s in (comment, allowed and f"({allowed})") if s)
             out += [f"  # {line}" for line in textwrap.wrap(text, 108)]

@@ -22,7 +22,7 @@ import json
 import os
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data import DatasetFailure, Mixup
+from ..data.batch import Batch
 from ..fileio import atomic_write, remove_stale_temp
 from ..weights.common import NonFiniteWeightsError, load_checked, nonfinite
 from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError
 from .data import CountingDataset, check_labels, collate_counted, head_sizes, read_split, video_dataset
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
-from .evaluate import EvaluationError, autocast, evaluate, split_heads, to_device
+from .evaluate import EvaluationError, autocast, evaluate, split_heads
 from .interrupt import StopRequest, TrainingStopped, ignore_interrupts
 from .model import freeze, pretrained_model
 from .report import TensorBoard, plot_confusion, plot_curves
@@ -109,11 +110,10 @@ def prepare(cfg: Config, log: bool = True) -> Setup:
     if cfg.model.num_classes is not None and cfg.model.num_classes != sum(heads):
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the dataset has {sum(heads)} classes")
     model = pretrained_model(cfg, sum(heads))  # model.pretrained loaded; cfg.model records what was built
-    compressed = hasattr(model.cfg, "modalities")
-    if compressed != (cfg.data.input == "compressed"):
-        raise ConfigError(f"data.input={cfg.data.input} but {cfg.model.name} takes "
-                          f"{'compressed-domain modalities (MM-ViT)' if compressed else 'RGB clips'}")
-    if compressed and (cfg.train.mixup_alpha or cfg.train.cutmix_alpha):
+    spec = model.input_spec
+    if spec.compressed != (cfg.data.input == "compressed"):
+        raise ConfigError(f"data.input={cfg.data.input} but {cfg.model.name} takes {spec.describe()}")
+    if spec.compressed and (cfg.train.mixup_alpha or cfg.train.cutmix_alpha):
         raise ConfigError("train.mixup_alpha / cutmix_alpha: not supported for compressed-domain input")
     if cfg.model.freeze:
         freeze(model, cfg.model.freeze)
@@ -151,12 +151,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def mix(mixups: list[Mixup], x: torch.Tensor, y: torch.Tensor, seed: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixup / CutMix of a batch; with several heads every head's mixer replays the same draws (one generator
-    state), so the inputs are mixed once and the soft targets of the heads are concatenated ``(B, sum C)``."""
-    y = y.reshape(len(y), -1)
-    outs = [m(x, y[:, k], np.random.default_rng(seed)) for k, m in enumerate(mixups)]
-    return outs[0][0], torch.cat([target for _, target in outs], dim=1)
+def mix(mixups: list[Mixup], batch: Batch, seed: list[int]) -> tuple[Batch, torch.Tensor]:
+    """Mixup / CutMix of a batch, on the batch's device; with several heads every head's mixer replays the same
+    draws (one generator state), so the inputs are mixed once and the soft targets of the heads are
+    concatenated ``(B, sum C)``."""
+    y = batch.labels.reshape(len(batch), -1)
+    outs = [m(batch.inputs, y[:, k], np.random.default_rng(seed)) for k, m in enumerate(mixups)]
+    return replace(batch, inputs=outs[0][0]), torch.cat([target for _, target in outs], dim=1)
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, heads: list[int], smoothing: float) -> torch.Tensor:
@@ -202,6 +203,7 @@ class Trainer:
             raise ConfigError(f"train.batch_size * accum_steps = {t.batch_size * t.accum_steps} exceeds the "
                               f"{len(self.setup.train_set)} training videos")
         self.model = self.setup.model.to(self.dist.device)
+        self.spec = self.model.input_spec
         self.optimizer = build_optimizer(self.model, cfg)
         self.schedule = LRSchedule(t.schedule, self.steps_per_epoch, t.epochs, t.warmup_epochs, t.min_lr / t.lr,
                                    list(t.milestones), t.gamma, t.plateau_patience)
@@ -329,17 +331,16 @@ class Trainer:
                                 f"writing anything and {kept} (lower train.lr, set train.clip_grad, or use "
                                 "train.precision=fp32)")
 
-    def _micro_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int, j: int, sync: bool) -> torch.Tensor:
+    def _micro_step(self, batch: Batch, epoch: int, step: int, j: int, sync: bool) -> torch.Tensor:
         t, dev = self.cfg.train, self.dist.device
-        x, y = to_device(x, dev), y.to(dev)
-        target = y
+        batch = batch.to(dev, non_blocking=True)
+        y = target = batch.labels
         if self.mixup:
-            x, target = mix(self.mixup, x.cpu(), y.cpu(), [t.seed, epoch, step, j, self.dist.rank])
-            x, target = x.to(dev), target.to(dev)
+            batch, target = mix(self.mixup, batch, [t.seed, epoch, step, j, self.dist.rank])
         ctx = contextlib.nullcontext() if sync or not self.dist.distributed else self.ddp.no_sync()
         with ctx:
             with autocast(dev, t.precision):
-                logits = self.ddp(x)
+                logits = self.ddp(self.spec.select(batch.inputs))
             loss = loss_fn(logits, target, self.setup.heads, 0.0 if self.mixup else t.label_smoothing)
             bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], dtype=torch.float64)
             if float(all_reduce_sum(bad, self.dist)[0]):
@@ -380,14 +381,15 @@ class Trainer:
                                  f"data.max_fail_fraction={frac:g}; training stopped (last checkpoint kept). "
                                  f"Examples: {'; '.join(self.unreadable_examples) or 'see the log'}")
 
-    def _next_batch(self, it) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        """The next micro-batch; keeps a few errors of skipped videos for the messages."""
-        x, y, skipped, errors = next(it)
+    def _next_batch(self, it) -> tuple[Batch, torch.Tensor]:
+        """The next micro-batch and its skipped-video counts; keeps a few errors of skipped videos for the
+        messages."""
+        batch, skipped, errors = next(it)
         self.unreadable_examples = (self.unreadable_examples + errors)[:3]
-        if x is None:  # every video of the split was tried for one item
+        if batch is None:  # every video of the split was tried for one item
             raise DatasetFailure(f"no training video is readable ({len(self.setup.train_set)} tried); e.g. "
                                  f"{'; '.join(self.unreadable_examples)}")
-        return x, y, skipped
+        return batch, skipped
 
     def train_epoch(self, epoch: int) -> None:
         t, s = self.cfg.train, self.state
@@ -400,8 +402,8 @@ class Trainer:
             lr = self.schedule.apply(self.optimizer, s.global_step)
             counts = torch.zeros(4, dtype=torch.float64)
             for j in range(t.accum_steps):
-                x, y, skipped = self._next_batch(it)
-                counts += self._micro_step(x, y, epoch, step, j, sync=j == t.accum_steps - 1)
+                batch, skipped = self._next_batch(it)
+                counts += self._micro_step(batch, epoch, step, j, sync=j == t.accum_steps - 1)
                 counts[3] += float(skipped.sum())
             self._optimizer_step(epoch, step)
             counts = all_reduce_sum(counts, self.dist)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Mapping
 
 import torch
@@ -62,7 +63,8 @@ class Grouping:
 
     ``window[a] = s``: axis ``a`` is cut into non-overlapping windows of ``s`` tokens, attention stays inside a
     window. ``dilation[a] = s``: tokens whose index along ``a`` is equal modulo ``s`` form one sequence (a
-    strided, "sparse global" grid, TimeSformer L+G).
+    strided, "sparse global" grid, TimeSformer L+G). Both are stored as sorted ``(axis, size)`` pairs, so a
+    grouping is hashable and its einops patterns are computed once per grid.
     """
 
     axes: tuple[str, ...]
@@ -70,11 +72,16 @@ class Grouping:
     dilation: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "axes", tuple(self.axes))
+        for name in ("window", "dilation"):  # frozen, hashable: sorted (axis, size) pairs
+            spec = getattr(self, name)
+            if spec is not None:
+                object.__setattr__(self, name, tuple(sorted(dict(spec).items())))
         unknown = set(self.axes) - set(AXES)
         if unknown or not self.axes:
             raise ValueError(f"attention axes must be a non-empty subset of {AXES}, got {self.axes}")
         for name, spec in (("window", self.window), ("dilation", self.dilation)):
-            for a in spec or {}:
+            for a in dict(spec or {}):
                 if a not in self.axes:
                     raise ValueError(f"{name} on axis {a!r} which is not attended ({self.axes})")
 
@@ -105,9 +112,9 @@ class Grouping:
         return src, batch, seq, sizes
 
     def patterns(self, grid: Grid) -> tuple[str, str, dict[str, int]]:
-        """einops patterns ``src -> dst`` and axis sizes for the grid tokens of ``grid``."""
-        src, batch, seq, sizes = self.layout(grid)
-        return f"b ({' '.join(src)}) c", f"(b {' '.join(batch)}) ({' '.join(seq)}) c", sizes
+        """einops patterns ``src -> dst`` and axis sizes for the grid tokens of ``grid`` (cached per grid; under
+        ``torch.compile`` computed while tracing, once per compiled graph)."""
+        return _build_patterns(self, grid) if torch.compiler.is_compiling() else _patterns(self, grid)
 
     def seq_len(self, grid: Grid) -> int:
         """Length of each attended sequence (without prefix tokens)."""
@@ -118,6 +125,11 @@ class Grouping:
         """How many independent sequences one clip is split into."""
         return grid.numel // self.seq_len(grid)
 
+    def is_whole(self, grid: Grid) -> bool:
+        """One sequence of all grid tokens in their stored order (joint attention): grouping is the identity."""
+        return not self.window and not self.dilation and all(
+            a in self.axes or n == 1 for a, n in grid.sizes.items())
+
     def group(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         """``(B, numel, C)`` grid tokens -> ``(B * groups, L, C)`` sequences."""
         src, dst, sizes = self.patterns(grid)
@@ -127,3 +139,11 @@ class Grouping:
         """Inverse of :meth:`group`."""
         src, dst, sizes = self.patterns(grid)
         return rearrange(x, f"{dst} -> {src}", **sizes)
+
+
+def _build_patterns(grouping: Grouping, grid: Grid) -> tuple[str, str, dict[str, int]]:
+    src, batch, seq, sizes = grouping.layout(grid)
+    return f"b ({' '.join(src)}) c", f"(b {' '.join(batch)}) ({' '.join(seq)}) c", sizes
+
+
+_patterns = lru_cache(maxsize=256)(_build_patterns)

@@ -13,7 +13,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .attention import attend
+from .attention import AttentionModule
 from .grid import Grid
 
 PoolMode = Literal["max", "avg", "conv"]
@@ -103,7 +103,7 @@ def make_pool(mode: PoolMode, channels: int, stride: Sequence[int], kernel: Sequ
     return Pool(mode, channels, stride, kernel, norm_eps)
 
 
-class PoolingAttention(nn.Module):
+class PoolingAttention(AttentionModule):
     """Multi Head Pooling Attention (MHPA, MViT §3.1 and Fig. 3).
 
     ``Q, K, V = X W_Q, X W_K, X W_V`` (one fused ``qkv`` Linear, q|k|v order, heads contiguous); each is pooled
@@ -140,6 +140,6 @@ class PoolingAttention(nn.Module):
         k, _ = self._pool(self.pool_k, k, grid)  # (B·heads, P + L̃_K, d)
         v, _ = self._pool(self.pool_v, v, grid)
         q, k, v = (rearrange(t, "(b k) n d -> b k n d", b=B) for t in (q, k, v))
-        out = attend(q, k, v, self.attn_drop if self.training else 0.0)  # (B, heads, P + L̃_Q, d)
+        out = self.attend(q, k, v)  # (B, heads, P + L̃_Q, d)
         out = rearrange(out, "b k n d -> b n (k d)")
         return self.proj_drop(self.proj(out)), grid_q

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import Block, Grid, JointPosEmbed, SeparablePosEmbed
+from ..data.batch import InputSpec
+from ..layers import Block, Grid, JointPosEmbed, SeparablePosEmbed, Sublayer, drop_path_rates
+from ..layers.block import PreHook
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
@@ -26,21 +28,41 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
+def make_blocks(cfg: "TransformerConfig", plan: Sequence[Sequence[Sublayer]], rates: Sequence[float] | None = None,
+                pre: PreHook | None = None) -> nn.ModuleList:
+    """One :class:`Block` per entry of ``plan`` (the :class:`Sublayer` s of that block), with ``cfg``'s width,
+    heads, MLP, dropouts and norms; stochastic depth ``rates`` default to ViViT Eq. 10 over the plan."""
+    rates = drop_path_rates(cfg.drop_path_rate, len(plan)) if rates is None else rates
+    return nn.ModuleList(
+        Block(cfg.dim, cfg.num_heads, specs, cfg.mlp_ratio, rate, cfg.drop_rate, cfg.attn_drop_rate, cfg.qkv_bias,
+              cfg.act, cfg.norm_eps, pre)
+        for specs, rate in zip(plan, rates)
+    )
+
+
 class VideoModel(nn.Module):
     """The one model API: ``forward(x) -> logits``, ``forward_features``, ``forward_head(pre_logits=)``,
     ``reset_classifier``, ``set_grad_checkpointing``, ``no_weight_decay``.
 
-    Subclasses set ``num_features`` and implement ``forward_features`` and ``pool``.
+    Subclasses set ``num_features`` and implement ``forward_features`` and ``pool``; a ViT-based family builds
+    its blocks with :func:`make_blocks` from its ``sublayer_plan(cfg)`` (one tuple of :class:`Sublayer` s per
+    block) and ends its constructor with :meth:`init_parameters`.
     """
 
     num_features: int
     grad_checkpointing: bool = False
+    image_norm: str = "norm"  # the norm after the image-ViT blocks (image-ViT initialisation copies ``norm`` there)
     # Set by create_model / load_pretrained: the registry name and fields that rebuild the model, the input
     # convention of its weights (videoformer.data.preprocessing.Preprocessing) and its class names, if known.
     registry_name: str | None = None
     registry_config: dict[str, Any] | None = None
     preprocessing: Any = None
     classes: list[str] | dict[str, list[str]] | None = None
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """What the model consumes: frames, size, modalities (RGB clips here) and input convention."""
+        return InputSpec(self.cfg.num_frames, self.cfg.img_size, preprocessing=self.preprocessing)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write a self-describing directory (config.json + model.safetensors) that
@@ -49,9 +71,22 @@ class VideoModel(nn.Module):
 
         return save_pretrained(self, directory)
 
-    def _init_head(self, num_classes: int, head_drop: float) -> None:
-        self.head_drop = nn.Dropout(head_drop)
-        self.reset_classifier(num_classes)
+    def init_parameters(self, cfg: "TransformerConfig") -> None:
+        """ViT initialisation of every linear layer (std ``cfg.weight_std``) and norm, truncated-normal prefix
+        tokens, a fresh head."""
+        init_weights(self, cfg.weight_std)
+        for name in ("cls_token", "temporal_cls_token"):
+            if getattr(self, name, None) is not None:
+                nn.init.trunc_normal_(getattr(self, name), std=0.02)
+        self.head_drop = nn.Dropout(cfg.head_drop_rate)
+        self.reset_classifier(cfg.num_classes)
+
+    def embed(self, x: torch.Tensor, grid: Grid, token: nn.Parameter | None, pos_embed: nn.Module | None
+              ) -> tuple[torch.Tensor, Grid]:
+        """Grid tokens -> ``[token, x] + p`` (ViViT Eq. 1) and their grid with the prefix counted."""
+        grid = grid.replace(prefix=int(token is not None))
+        x = self.prepend(token, x)
+        return (x if pos_embed is None else pos_embed(x, grid)), grid
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier by a fresh one with ``num_classes`` outputs (0: no classifier)."""

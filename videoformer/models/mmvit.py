@@ -30,18 +30,20 @@ projection ``fc`` and leave the CLS token untouched; the spatial MSA replicates 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import permutations
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from ..layers import AxisAttention, Block, Grid, Grouping, SeparablePosEmbed, TubeletEmbed, drop_path_rates, resample
-from ..layers.attention import attend
-from .base import TransformerConfig, VideoModel, init_weights
+from ..data.batch import InputSpec
+from ..layers import ShiftMerge  # noqa: F401 (re-exported: MM-ViT's shift-merge sublayer)
+from ..layers import (SHIFT_MERGE, Grid, Grouping, OthersOnly, SeparablePosEmbed, Sublayer, TubeletEmbed, WindowConv,
+                      attend_over, resample)
+from .base import TransformerConfig, VideoModel, make_blocks
 
 MODALITIES: dict[str, int] = {"iframe": 3, "mv": 2, "residual": 3, "audio": 128}
 """Modalities in grid order, with their channels (visual) or feature size (audio)."""
@@ -91,118 +93,6 @@ class MMViTConfig(TransformerConfig):
                                  f"{self.num_frames} frames × {self.patches}² patches")
 
 
-class CoAttention(AxisAttention):
-    """Cross-modal attention in which a query of modality ``s`` attends to the keys and values of the other
-    modalities ``S \\ {s}`` at the same ``(t, h, w)`` only (§3.3 "Co-Attention"); CLS tokens excluded."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, extra_proj: bool = True) -> None:
-        super().__init__(dim, num_heads, [Grouping(("m",))], "exclude", qkv_bias, attn_drop, proj_drop, extra_proj)
-
-    def _attend_group(self, qkv: torch.Tensor, grid: Grid, grouping: Grouping) -> torch.Tensor:
-        """``qkv``: ``(B, N, 3, heads, d)`` -> ``(B, N, heads * d)``; each query sees ``m - 1`` keys."""
-        if grid.m < 2:
-            raise ValueError(f"co-attention needs at least two modalities, the grid has {grid.m}")
-        body = grouping.group(rearrange(qkv, "b n three k d -> b n (three k d)"), grid)  # (B*t*h*w, m, ...)
-        q, k, v = rearrange(body, "g m (three k d) -> three g k m d", three=3, d=self.head_dim)
-        others = torch.tensor([[j for j in range(grid.m) if j != i] for i in range(grid.m)], device=q.device)
-        k, v = (rearrange(t[:, :, others], "g k m j d -> (g m) k j d") for t in (k, v))  # (G*m, heads, m-1, d)
-        q = rearrange(q, "g k m d -> (g m) k 1 d")
-        out = attend(q, k, v, self.attn_drop if self.training else 0.0)
-        out = rearrange(out, "(g m) k 1 d -> g m (k d)", m=grid.m)
-        return grouping.ungroup(out, grid)
-
-
-class ShiftMerge(nn.Module):
-    """Shift-merge attention (Eq. 17-20): no queries or keys; each modality's value ``v^s`` is split into
-    ``|S|`` portions and modality ``i`` receives portion ``i`` of every modality (concatenated in modality
-    order) plus its own value, ``r^i = v_i^1 ‖ … ‖ v_i^|S| + v^i``; then the output and extra projections.
-    CLS tokens receive no update."""
-
-    def __init__(self, dim: int, qkv_bias: bool = True, proj_drop: float = 0.0, extra_proj: bool = True) -> None:
-        super().__init__()
-        self.v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.fc = nn.Linear(dim, dim) if extra_proj else None
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    @staticmethod
-    def merge(v: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """Eq. 17-20 on grid values ``(B, m*t*h*w, D)`` (``D`` divisible by ``m``)."""
-        if v.shape[-1] % grid.m:
-            raise ValueError(f"shift-merge: width {v.shape[-1]} is not divisible by {grid.m} modalities")
-        portions = rearrange(v, "b (m n) (s c) -> b m n s c", m=grid.m, s=grid.m)
-        return rearrange(portions, "b m n s c -> b (s n) (m c)") + v
-
-    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        grid.check(x)
-        P = grid.prefix
-        out = self.proj_drop(self.proj(self.merge(self.v(x[:, P:]), grid)))
-        if self.fc is not None:
-            out = self.fc(out)
-        return torch.cat([torch.zeros_like(x[:, :P]), out], dim=1)
-
-
-class ConvAttention(AxisAttention):
-    """MM-ViT IV: windowed attention followed by a depthwise convolution of its grid output, per modality,
-    with the window as kernel and stride 1 ("same" padding); the convolution starts as the identity."""
-
-    def __init__(self, dim: int, num_heads: int, grouping: Grouping, kernel: tuple[int, int, int],
-                 **kwargs: Any) -> None:
-        super().__init__(dim, num_heads, [grouping], **kwargs)
-        self.conv = nn.Conv3d(dim, dim, kernel, groups=dim)
-        # "same" padding, the extra zero of an even kernel after the end: (w before, w after, h ..., t ...)
-        self.padding = tuple(p for k in reversed(kernel) for p in ((k - 1) // 2, k // 2))
-        self.reset_conv()
-
-    def reset_conv(self) -> None:
-        """Identity kernel: a one at the tap aligned with the output position (index ``(k - 1) // 2``)."""
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.weight[(slice(None), 0, *((k - 1) // 2 for k in self.conv.kernel_size))] = 1.0
-            self.conv.bias.zero_()
-
-    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        out = super().forward(x, grid)
-        P = grid.prefix
-        body = rearrange(out[:, P:], "b (m t h w) c -> (b m) c t h w", **grid.sizes)
-        body = self.conv(nn.functional.pad(body, self.padding))
-        body = rearrange(body, "(b m) c t h w -> b (m t h w) c", m=grid.m)
-        return torch.cat([out[:, :P], body], dim=1)
-
-
-def sublayer_plan(cfg: MMViTConfig) -> list[nn.Module]:
-    """The attention sublayers of one block, in ``cfg.order`` (see the module docstring)."""
-    d, heads = cfg.dim, cfg.num_heads
-    common = dict(qkv_bias=cfg.qkv_bias, attn_drop=cfg.attn_drop_rate, proj_drop=cfg.drop_rate)
-
-    def msa(axes: tuple[str, ...], added: bool) -> AxisAttention:
-        return AxisAttention(d, heads, [Grouping(axes)], "exclude" if added else "replicate", extra_proj=added,
-                             **common)
-
-    if cfg.variant == "joint":
-        return [msa(("m", "t", "h", "w"), False)]
-    if cfg.variant == "factorized":
-        parts = {"T": msa(("m", "t"), True), "S": msa(("m", "h", "w"), False)}
-        return [parts[a] for a in cfg.order if a in parts]
-    if cfg.variant == "local":
-        wt, ws = cfg.window_t, cfg.window_s
-        parts = {
-            "T": ConvAttention(d, heads, Grouping(("t",), window={"t": wt}), (wt, 1, 1), prefix="exclude",
-                               extra_proj=True, **common),
-            "S": ConvAttention(d, heads, Grouping(("h", "w"), window={"h": ws, "w": ws}), (1, ws, ws), **common),
-        }
-    else:
-        parts = {"T": msa(("t",), True), "S": msa(("h", "w"), False)}
-    if cfg.variant == "coattn":
-        parts["M"] = CoAttention(d, heads, cfg.qkv_bias, cfg.attn_drop_rate, cfg.drop_rate)
-    elif cfg.variant == "shiftmerge":
-        parts["M"] = ShiftMerge(d, cfg.qkv_bias, cfg.drop_rate)
-    else:
-        parts["M"] = msa(("m",), True)
-    return [parts[a] for a in cfg.order]
-
-
 class MMViT(VideoModel):
     """MM-ViT variants I-IV (§3.3) on a configured subset of I-frames, motion vectors, residuals and audio."""
 
@@ -221,14 +111,38 @@ class MMViT(VideoModel):
             self.audio_pos = nn.Parameter(torch.zeros(1, cfg.num_frames, d))
             nn.init.trunc_normal_(self.audio_pos, std=cfg.pos_std)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.blocks = nn.ModuleList(
-            Block(d, sublayer_plan(cfg), cfg.mlp_ratio, rate, cfg.drop_rate, cfg.act, cfg.norm_eps)
-            for rate in drop_path_rates(cfg.drop_path_rate, cfg.depth)
-        )
+        self.blocks = make_blocks(cfg, self.sublayer_plan(cfg))
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
-        init_weights(self, cfg.weight_std)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self._init_head(cfg.num_classes, cfg.head_drop_rate)
+        self.init_parameters(cfg)
+
+    @staticmethod
+    def sublayer_plan(cfg: MMViTConfig) -> list[tuple[Sublayer, ...]]:
+        """The sublayers of each block, in ``cfg.order`` (see the module docstring). Added sublayers (all but the
+        spatial one) leave the CLS token alone, carry the extra ``fc`` and start as no-ops from an image ViT."""
+        added = dict(prefix="exclude", extra_proj=True, init="added")
+        if cfg.variant == "joint":
+            return [(attend_over("m", "t", "h", "w"),)] * cfg.depth
+        if cfg.variant == "factorized":
+            parts = {"T": attend_over("m", "t", **added), "S": attend_over("m", "h", "w")}
+            return [tuple(parts[a] for a in cfg.order if a in parts)] * cfg.depth
+        if cfg.variant == "local":  # windows followed by a depthwise convolution over the window
+            wt, ws = cfg.window_t, cfg.window_s
+            parts = {
+                "T": Sublayer((Grouping(("t",), window={"t": wt}),), post=WindowConv((wt, 1, 1)), **added),
+                "S": Sublayer((Grouping(("h", "w"), window={"h": ws, "w": ws}),), post=WindowConv((1, ws, ws))),
+            }
+        else:
+            parts = {"T": attend_over("t", **added), "S": attend_over("h", "w")}
+        parts["M"] = {
+            "coattn": attend_over("m", mask=OthersOnly(), **added),  # keys of the other modalities only
+            "shiftmerge": SHIFT_MERGE,
+        }.get(cfg.variant, attend_over("m", **added))
+        return [tuple(parts[a] for a in cfg.order)] * cfg.depth
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """Frames, size, input convention and the compressed-domain modalities it reads (grid order)."""
+        return replace(super().input_spec, modalities=self.modalities)
 
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | ({"audio_pos"} if "audio" in self.modalities else set())
@@ -259,11 +173,13 @@ class MMViT(VideoModel):
                 layout = f"(B, T, {chans})" if m == "audio" else f"(B, T, {chans}, H, W)"
                 raise MissingModalityError(f"{m}: expected {layout}, got {tuple(x.shape)}")
             out[m] = x if x.dtype == dtype else x.to(dtype)
-        shapes = {m: tuple(x.shape[:2]) for m, x in out.items()}
-        if len(set(shapes.values())) > 1:
+        first = next(iter(out.values())).shape[:2]
+        if any(x.shape[0] != first[0] or x.shape[1] != first[1] for x in out.values()):  # traceable (no set of sizes)
+            shapes = {m: tuple(x.shape[:2]) for m, x in out.items()}
             raise MissingModalityError(f"modalities differ in batch size or frames (B, T): {shapes}")
-        sizes = {m: tuple(out[m].shape[-2:]) for m in out if m in VISUAL}
-        if len(set(sizes.values())) > 1:
+        visual = [out[m].shape[-2:] for m in out if m in VISUAL]
+        if any(s[0] != visual[0][0] or s[1] != visual[0][1] for s in visual):
+            sizes = {m: tuple(out[m].shape[-2:]) for m in out if m in VISUAL}
             raise MissingModalityError(f"visual modalities differ in size (H, W): {sizes}")
         return out
 
@@ -281,9 +197,7 @@ class MMViT(VideoModel):
                 pos = resample(self.audio_pos, (self.cfg.num_frames,), (grid.t,))
                 z = self.audio_embed(x[m]) + pos
                 tokens.append(repeat(z, "b t d -> b (t n) d", n=grid.h * grid.w))
-        grid = grid.replace(m=len(self.modalities), prefix=1)
-        body = torch.cat(tokens, dim=1)
-        return self.prepend(self.cls_token, body), grid
+        return self.embed(torch.cat(tokens, dim=1), grid.replace(m=len(self.modalities)), self.cls_token, None)
 
     def forward_features(self, inputs: Mapping[str, torch.Tensor] | None = None, **kwargs: torch.Tensor
                          ) -> torch.Tensor:
@@ -307,51 +221,7 @@ def mv_embedding_from_rgb(weight: torch.Tensor, channels: int = 2) -> torch.Tens
 
 def init_mmvit_from_image(model: MMViT, path_or_state_dict: str | Path | Mapping[str, torch.Tensor],
                           zero_new: bool = True) -> MMViT:
-    """Initialise MM-ViT from an image ViT (any format :func:`~videoformer.weights.read_image_vit` reads).
+    """Initialise MM-ViT from an image ViT: :func:`videoformer.weights.inflate.init_mmvit_from_image`."""
+    from ..weights.inflate import init_mmvit_from_image as init
 
-    - ``E_I`` and ``E_R`` take the pretrained patch embedding; ``E_M`` (2 channels) the mean of its RGB
-      filters on both channels (:func:`mv_embedding_from_rgb`); ``E_A`` and the audio time embedding keep
-      their initialisation. Each visual modality's space embedding is the resampled image embedding, its time
-      embedding zero; the CLS token is the image CLS token plus the image's CLS position embedding.
-    - Every attention sublayer copies the image MSA (shift-merge: its value rows) and the LayerNorm before
-      it the image ``norm1``; sublayers with an extra ``fc`` start with it zeroed (``zero_new``), so each
-      added sublayer is a no-op at initialisation, as in TimeSformer. IV's convolutions start as identities.
-    - MLPs, their LayerNorms and the final norm are copied; the classifier stays the model's own.
-    """
-    from ..weights.common import CheckpointMismatchError, load_checked
-    from ..weights.inflate import _pos_embed, _Transfer
-    from ..weights.image import read_image_vit
-
-    source = "state dict" if isinstance(path_or_state_dict, Mapping) else str(path_or_state_dict)
-    tr = _Transfer(read_image_vit(path_or_state_dict), model.state_dict())
-    rgb, bias = tr.get("patch_embed.proj.weight"), tr.get("patch_embed.proj.bias")
-    for m in model.embeds:
-        weight = None if rgb is None else (rgb if MODALITIES[m] == 3 else mv_embedding_from_rgb(rgb, MODALITIES[m]))
-        tr.put(f"embeds.{m}.proj.weight", weight)
-        tr.put(f"embeds.{m}.proj.bias", bias)
-        _pos_embed(tr, f"pos_embeds.{m}", model.pos_embeds[m])
-    if "cls_token" in tr.image and "pos_embed.pos" in tr.image:
-        tr.put("cls_token", tr.get("cls_token") + tr.image["pos_embed.pos"][:, :1])
-    tr.used.add("cls_token")  # an image ViT without CLS token (GAP) leaves the model's own
-    for i, block in enumerate(model.blocks):
-        b = f"blocks.{i}"
-        for j, attn in enumerate(block.attns):
-            for p in ("weight", "bias"):
-                tr.copy(f"{b}.norms.{j}.{p}", f"{b}.norms.0.{p}")
-                if isinstance(attn, ShiftMerge):
-                    qkv = tr.get(f"{b}.attns.0.qkv.{p}")
-                    tr.put(f"{b}.attns.{j}.v.{p}", None if qkv is None else qkv.chunk(3, dim=0)[2])
-                else:
-                    tr.copy(f"{b}.attns.{j}.qkv.{p}", f"{b}.attns.0.qkv.{p}")
-                tr.copy(f"{b}.attns.{j}.proj.{p}", f"{b}.attns.0.proj.{p}")
-                if getattr(attn, "fc", None) is not None and zero_new:
-                    tr.put(f"{b}.attns.{j}.fc.{p}", torch.zeros_like(tr.out[f"{b}.attns.{j}.fc.{p}"]))
-        for key in [k for k in tr.out if k.startswith((f"{b}.norm_mlp.", f"{b}.mlp."))]:
-            tr.copy(key, key)
-    for p in ("weight", "bias"):
-        tr.copy(f"norm.{p}", f"norm.{p}")
-    tr.used |= {"head.weight", "head.bias"}
-    unexpected = sorted(set(tr.image) - tr.used)
-    if tr.missing or unexpected or tr.misshaped:
-        raise CheckpointMismatchError(source, tr.missing, unexpected, tr.misshaped)
-    return load_checked(model, tr.out, source)
+    return init(model, path_or_state_dict, zero_new)

@@ -2,7 +2,7 @@
 
 Both keep the image ViT's parameters and MACs and only change *what* each frame reads:
 
-- :class:`MSCA` (Eq. 10-11) replaces MSA in the last ``msca_blocks`` blocks by :class:`CrossFrameAttention`:
+- :class:`MSCA` (Eq. 10-11) replaces MSA in the last ``msca_blocks`` blocks by :func:`msca_sublayer`:
   after the block's own ``qkv`` projection, Q, K and/or V of the first ``heads_back`` heads come from frame
   t-1 and of the next ``heads_fwd`` heads from frame t+1 (variants Q, K, V, QK, KV, QV, QKV; Eq. 17-18), or,
   for the patch-direction variants pQ ... pQKV, of the first ``tokens_back`` tokens (CLS included, index 0)
@@ -26,125 +26,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from einops import rearrange
-from torch import nn
-
-from ..layers import AxisAttention, Block, FrameGrid, Grouping, attend
-from ..layers.shift import Boundary, ShiftLayout, check_boundary, check_layout, shift_frames
-from .vit import FramewiseViT, FramewiseViTConfig
+from ..layers import ClsShift, FrameShift, Sublayer
+from ..layers.shift import Boundary, ShiftLayout, check_boundary, check_layout
+from .vit import FRAME, FramewiseViT, FramewiseViTConfig
 
 HEAD_VARIANTS: tuple[str, ...] = ("Q", "K", "V", "QK", "KV", "QV", "QKV")
 PATCH_VARIANTS: tuple[str, ...] = tuple(f"p{v}" for v in HEAD_VARIANTS)
 VARIANTS: tuple[str, ...] = HEAD_VARIANTS + PATCH_VARIANTS
 
 
-def _frame_grid(grid: object, who: str) -> FrameGrid:
-    if not isinstance(grid, FrameGrid):
-        raise ValueError(f"{who} needs a FrameGrid carrying the number of frames, got {grid!r}")
-    return grid
-
-
-class CrossFrameAttention(nn.Module):
-    """MSCA sublayer (Eq. 17-23): MSA whose Q / K / V slices (heads or tokens) come from frames t-1 and t+1.
-
-    Parameters ``qkv`` (fused ``3·D``, q|k|v, heads contiguous) and ``proj`` are those of
-    :class:`~videoformer.layers.AxisAttention`, so image-ViT weights load unchanged. Scores are scaled by
-    1/√(D/h), the head width (ViT and the official code; Eq. 14 writes √D).
-
-    Args:
-        variant: one of :data:`VARIANTS`; ``"KV"`` is Eq. 17, ``"V"`` Eq. 18, ``"pKV"`` Eq. 21-22, ``"pV"`` Eq. 23.
-        back, fwd: heads (head variants) or tokens (``p`` variants) taken from frame t-1 / t+1.
-        boundary: ``"zero"`` or ``"circular"`` (see :mod:`videoformer.layers.shift`).
-        layout: where the t-1 / t+1 slices sit (``"back_fwd"``, ``"fwd_back"``, ``"fwd_rest_back"``).
-    """
-
-    def __init__(self, dim: int, num_heads: int, variant: str = "KV", back: int = 1, fwd: int = 1,
-                 boundary: Boundary = "zero", qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, layout: ShiftLayout = "back_fwd") -> None:
-        super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown MSCA variant {variant!r}; choose from {', '.join(VARIANTS)}")
-        if dim % num_heads:
-            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
-        check_boundary(boundary)
-        check_layout(layout)
-        patch = variant.startswith("p")
-        if not patch and (back < 0 or fwd < 0 or back + fwd > num_heads):
-            raise ValueError(f"MSCA-{variant}: heads back={back} + fwd={fwd} must be >= 0 and at most "
-                             f"num_heads={num_heads}")
-        if patch and (back < 0 or fwd < 0):
-            raise ValueError(f"MSCA-{variant}: tokens back={back}, fwd={fwd} must be >= 0")
-        self.variant, self.back, self.fwd, self.boundary, self.layout = variant, back, fwd, boundary, layout
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.shift_dim = 2 if patch else 1  # axis of (B*T, heads, tokens, d): tokens or heads
-        self.shifted = tuple(c in variant for c in "QKV")
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.attn_drop, self.proj_drop = attn_drop, nn.Dropout(proj_drop)
-
-    @classmethod
-    def adopt(cls, attn: AxisAttention, variant: str, back: int, fwd: int, boundary: Boundary = "zero",
-              layout: ShiftLayout = "back_fwd") -> "CrossFrameAttention":
-        """An MSCA sublayer that takes over the ``qkv`` / ``proj`` modules (and dropout) of a frame-wise MSA."""
-        if attn.fc is not None or attn.prefix != "replicate" or attn.groupings != (Grouping(("t", "h", "w")),):
-            raise ValueError(f"MSCA replaces a frame-wise MSA (one head group over a frame, no extra fc), got {attn}")
-        dim = attn.proj.in_features
-        new = cls(dim, attn.num_heads, variant, back, fwd, boundary, attn.qkv.bias is not None,
-                  attn.attn_drop, attn.proj_drop.p, layout)
-        new.qkv, new.proj = attn.qkv, attn.proj
-        return new
-
-    def extra_repr(self) -> str:
-        unit = "tokens" if self.shift_dim == 2 else "heads"
-        return (f"MSCA-{self.variant}, {unit} back={self.back} fwd={self.fwd}, boundary={self.boundary}, "
-                f"layout={self.layout}")
-
-    def forward(self, x: torch.Tensor, grid: FrameGrid) -> torch.Tensor:
-        """``x``: normalised tokens ``(B*T, P + N, D)`` of every frame; returns the residual update."""
-        grid = _frame_grid(grid, "CrossFrameAttention")
-        grid.check(x)
-        qkv = rearrange(self.qkv(x), "bt n (three k d) -> three bt k n d", three=3, d=self.head_dim)
-        q, k, v = (
-            shift_frames(m, grid.frames, self.shift_dim, self.back, self.fwd, self.boundary, self.layout) if s else m
-            for m, s in zip(qkv.unbind(0), self.shifted)
-        )
-        out = attend(q, k, v, self.attn_drop if self.training else 0.0)  # (B*T, heads, P + N, d)
-        return self.proj_drop(self.proj(rearrange(out, "bt k n d -> bt n (k d)")))
-
-
-class TokenShiftBlock(Block):
-    """TokenShift block (Eq. 4-7): ``Shift`` (Eq. 8-9, CLS channels only) before each attention sublayer and
-    before the MLP. It takes over the submodules of an existing :class:`~videoformer.layers.Block` (same
-    parameters, same names, no re-initialisation)."""
-
-    def __init__(self, block: Block, back: int, fwd: int, boundary: Boundary = "zero",
-                 layout: ShiftLayout = "back_fwd") -> None:
-        nn.Module.__init__(self)  # adopt ``block``'s children instead of building new ones
-        for name, child in block.named_children():
-            self.add_module(name, child)
-        dim = block.norm_mlp.normalized_shape[0]
-        check_boundary(boundary)
-        check_layout(layout)
-        if back < 0 or fwd < 0 or back + fwd > dim:
-            raise ValueError(f"TokenShift: channels back={back} + fwd={fwd} must be >= 0 and at most dim={dim}")
-        self.back, self.fwd, self.boundary, self.layout = back, fwd, boundary, layout
-
-    def extra_repr(self) -> str:
-        return f"CLS channels back={self.back} fwd={self.fwd}, boundary={self.boundary}, layout={self.layout}"
-
-    def shift(self, x: torch.Tensor, grid: FrameGrid) -> torch.Tensor:
-        """Eq. 8-9: shift channels of the CLS token (index 0) across frames, pass the patch tokens through."""
-        cls = shift_frames(x[:, :1], grid.frames, 2, self.back, self.fwd, self.boundary, self.layout)
-        return torch.cat([cls, x[:, 1:]], dim=1)
-
-    def forward(self, x: torch.Tensor, grid: FrameGrid) -> torch.Tensor:
-        grid = _frame_grid(grid, "TokenShiftBlock")
-        for norm, attn in zip(self.norms, self.attns):
-            x = self.shift(x, grid)
-            x = x + self.drop_path(attn(norm(x), grid))
-        x = self.shift(x, grid)
-        return x + self.drop_path(self.mlp(self.norm_mlp(x)))
+def msca_sublayer(variant: str, back: int, fwd: int, boundary: Boundary = "zero",
+                  layout: ShiftLayout = "back_fwd") -> Sublayer:
+    """The MSCA sublayer (Eq. 17-23): the frame-wise MSA whose Q / K / V slices named by ``variant`` -- ``back``
+    / ``fwd`` heads, or tokens for the ``p`` variants -- come from frames t-1 / t+1 (a
+    :class:`~videoformer.layers.shift.FrameShift` q/k/v hook). Its parameters are the image ViT's MSA (``qkv``,
+    ``proj``), so image weights load unchanged; scores are scaled by 1/√(D/h), the head width (ViT and the
+    official code; Eq. 14 writes √D)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown MSCA variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    patch = variant.startswith("p")
+    shift = FrameShift(back, fwd, boundary, layout, qkv=variant[1:] if patch else variant,
+                       unit="tokens" if patch else "heads")
+    return Sublayer(FRAME.groupings, qkv_hook=shift)
 
 
 @dataclass
@@ -194,12 +97,10 @@ class MSCAConfig(FramewiseViTConfig):
 class MSCA(FramewiseViT):
     """Frame-wise ViT with MSCA (Eq. 10-11) replacing MSA in its last ``msca_blocks`` blocks."""
 
-    def __init__(self, cfg: MSCAConfig) -> None:
-        super().__init__(cfg)
-        back, fwd = cfg.shift_amounts
-        for block in self.blocks[cfg.depth - cfg.msca_blocks:]:
-            block.attns[0] = CrossFrameAttention.adopt(block.attns[0], cfg.variant, back, fwd, cfg.boundary,
-                                                       cfg.shift_layout)
+    @staticmethod
+    def sublayer_plan(cfg: MSCAConfig) -> list[tuple[Sublayer, ...]]:
+        msca = msca_sublayer(cfg.variant, *cfg.shift_amounts, cfg.boundary, cfg.shift_layout)
+        return [(FRAME,)] * (cfg.depth - cfg.msca_blocks) + [(msca,)] * cfg.msca_blocks
 
 
 @dataclass
@@ -225,10 +126,9 @@ class TokenShiftConfig(FramewiseViTConfig):
 
 
 class TokenShift(FramewiseViT):
-    """Frame-wise ViT whose blocks shift CLS-token channels across frames (TokenShift, Eq. 4-9)."""
+    """Frame-wise ViT whose blocks shift CLS-token channels across frames before each sublayer and the MLP
+    (TokenShift Eq. 4-9, a :class:`~videoformer.layers.shift.ClsShift` block hook)."""
 
-    def __init__(self, cfg: TokenShiftConfig) -> None:
-        super().__init__(cfg)
-        self.blocks = nn.ModuleList(
-            TokenShiftBlock(b, cfg.channels_back, cfg.channels_fwd, cfg.boundary, cfg.shift_layout) for b in self.blocks
-        )
+    @staticmethod
+    def block_hook(cfg: TokenShiftConfig) -> ClsShift:
+        return ClsShift(cfg.channels_back, cfg.channels_fwd, cfg.boundary, cfg.shift_layout)

@@ -19,7 +19,7 @@ from torch import nn
 from ..layers import DropPath, Grid, JointPosEmbed, Mlp, SeparablePosEmbed, check_video, drop_path_rates
 from ..layers.pooling import (POOL_MODES, PoolingAttention, PoolMode, Triple, default_kernel, make_pool,
                               pooled_sizes, same_padding)
-from .base import TransformerConfig, VideoModel, init_weights
+from .base import TransformerConfig, VideoModel
 
 PosEmbedKind = Literal["none", "space", "joint", "separable"]
 POS_EMBEDS = ("none", "space", "joint", "separable")
@@ -190,17 +190,11 @@ class MViT(VideoModel):
         self.blocks = nn.ModuleList(blocks)
         self.num_features = cfg.stage_dims[-1]
         self.norm = nn.LayerNorm(self.num_features, eps=cfg.norm_eps)
-        init_weights(self)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self._init_head(cfg.num_classes, cfg.head_drop_rate)
+        self.init_parameters(cfg)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, T, H, W)`` -> normalised tokens ``(B, 1 + T̃·H̃·W̃, D_last)`` of the last stage."""
-        x, grid = self.patch_embed(x)
-        grid = grid.replace(prefix=1)
-        x = self.prepend(self.cls_token, x)
-        if self.pos_embed is not None:
-            x = self.pos_embed(x, grid)
+        x, grid = self.embed(*self.patch_embed(x), self.cls_token, self.pos_embed)
         for block in self.blocks:  # blocks pool the grid, so each returns its new size
             x, grid = self.run_block(block, x, grid)
         return self.norm(x)

@@ -14,7 +14,7 @@ from ..data.preprocessing import Preprocessing
 from .base import BACKBONES, TransformerConfig
 from .timesformer import TimeSformerConfig, build_timesformer
 from .vit import FramewiseViT, FramewiseViTConfig
-from .vivit import ViViT, ViViTConfig
+from .vivit import ViViTConfig, build_vivit
 
 
 class UnknownModelError(ValueError):
@@ -129,14 +129,14 @@ register("vit_tiny_framewise", FramewiseViTConfig, FramewiseViT, "MSCA", **TINY)
 # ViViT (§3.3, Table 2): ViViT-<backbone>/<patch>x<tubelet t>.
 _VIVIT = {"joint": dict(model=1), "fe": dict(model=2), "fsa": dict(model=3), "fdp": dict(model=4)}
 for _kind, _extra in _VIVIT.items():
-    register(f"vivit_b16x2_{_kind}", ViViTConfig, ViViT, "ViViT", PRE_VIVIT, **BACKBONES["b"], **_extra)
-    register(f"vivit_tiny_{_kind}", ViViTConfig, ViViT, "ViViT", **TINY, **_extra)
-register("vivit_b16x2_fe_avgpool", ViViTConfig, ViViT, "ViViT", PRE_VIVIT, **BACKBONES["b"], model=2,
+    register(f"vivit_b16x2_{_kind}", ViViTConfig, build_vivit, "ViViT", PRE_VIVIT, **BACKBONES["b"], **_extra)
+    register(f"vivit_tiny_{_kind}", ViViTConfig, build_vivit, "ViViT", **TINY, **_extra)
+register("vivit_b16x2_fe_avgpool", ViViTConfig, build_vivit, "ViViT", PRE_VIVIT, **BACKBONES["b"], model=2,
          temporal_depth=0)
-register("vivit_l16x2_joint", ViViTConfig, ViViT, "ViViT", PRE_VIVIT, **BACKBONES["l"], model=1)
-register("vivit_l16x2_fe", ViViTConfig, ViViT, "ViViT", PRE_VIVIT, **BACKBONES["l"], model=2)
-register("vivit_h14x2_joint", ViViTConfig, ViViT, "ViViT", PRE_VIVIT, **BACKBONES["h"], model=1, patch_size=14)
-register("vivit_h14x2_fe", ViViTConfig, ViViT, "ViViT", PRE_VIVIT, **BACKBONES["h"], model=2, patch_size=14)
+register("vivit_l16x2_joint", ViViTConfig, build_vivit, "ViViT", PRE_VIVIT, **BACKBONES["l"], model=1)
+register("vivit_l16x2_fe", ViViTConfig, build_vivit, "ViViT", PRE_VIVIT, **BACKBONES["l"], model=2)
+register("vivit_h14x2_joint", ViViTConfig, build_vivit, "ViViT", PRE_VIVIT, **BACKBONES["h"], model=1, patch_size=14)
+register("vivit_h14x2_fe", ViViTConfig, build_vivit, "ViViT", PRE_VIVIT, **BACKBONES["h"], model=2, patch_size=14)
 
 # TimeSformer (Table 1): the five attention schemes, ViT-B/16 on 8 frames of 224², 32 frames apart.
 for _scheme in ("space", "joint", "divided", "local_global", "axial"):
@@ -180,7 +180,8 @@ register("mvit_b16_image", MViTConfig, MViT, "MViT", num_frames=1, cube_kernel=(
          kv_stride=(1, 4, 4), pool_kernel=(1, 3, 3), pos_embed="space", num_classes=1000)
 register("mvit_tiny", MViTConfig, MViT, "MViT", dim=16, stage_depths=(1, 2, 2), kv_stride=(1, 4, 4),
          img_size=32, num_frames=4, num_classes=10)
-register("vit_b16_joint_baseline", ViViTConfig, ViViT, "MViT", **BACKBONES["b"], model=1, tubelet_t=1, num_frames=8)
+register("vit_b16_joint_baseline", ViViTConfig, build_vivit, "MViT", **BACKBONES["b"], model=1, tubelet_t=1,
+         num_frames=8)
 
 # MM-ViT (Chen & Ho, 2022), Table 1: variants I-IV on compressed video (UCF-101: 101 classes, 8 frames).
 from .mmvit import VARIANTS as _MMVIT_VARIANTS, MMViT, MMViTConfig  # noqa: E402

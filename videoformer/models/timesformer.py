@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers import AxisAttention, Block, Grid, Grouping, SeparablePosEmbed, TubeletEmbed, drop_path_rates
-from .base import TransformerConfig, VideoModel, init_weights
+from ..layers import Grid, Grouping, SeparablePosEmbed, Sublayer, TubeletEmbed, attend_over
+from .base import TransformerConfig, VideoModel, make_blocks
 from ..layers.pos_embed import check_resize_mode
 from .vit import FramewiseViT, FramewiseViTConfig, check_readout
 
@@ -48,21 +48,22 @@ class TimeSformerConfig(TransformerConfig):
                              "token")
 
 
-def sublayer_plan(scheme: str, n: int) -> list[tuple[Grouping, str, bool]]:
-    """``(grouping, prefix mode, extra projection)`` of each attention sublayer of one block."""
+def scheme_sublayers(scheme: str, n: int) -> tuple[Sublayer, ...]:
+    """The attention sublayers of one block of ``scheme`` on ``n × n`` patches per frame. Added sublayers (all
+    but the last) leave the CLS token alone and carry the extra ``fc`` (init role ``"added"``)."""
+    added = dict(prefix="exclude", extra_proj=True, init="added")
     if scheme == "joint":
-        return [(Grouping(("t", "h", "w")), "replicate", False)]
+        return (attend_over("t", "h", "w"),)
     if scheme == "divided":
-        return [(Grouping(("t",)), "exclude", True), (Grouping(("h", "w")), "replicate", False)]
+        return attend_over("t", **added), attend_over("h", "w")
     if scheme == "local_global":
         if n % 2:
             raise ValueError(f"local-global attention needs an even number of patches per side, got {n}")
         local = Grouping(("t", "h", "w"), window={"h": n // 2, "w": n // 2})
         sparse = Grouping(("t", "h", "w"), dilation={"t": 2, "h": 2, "w": 2})
-        return [(local, "exclude", True), (sparse, "replicate", False)]
+        return Sublayer((local,), **added), Sublayer((sparse,))
     if scheme == "axial":
-        return [(Grouping(("t",)), "exclude", True), (Grouping(("w",)), "exclude", True),
-                (Grouping(("h",)), "replicate", False)]
+        return attend_over("t", **added), attend_over("w", **added), attend_over("h")
     raise ValueError(f"scheme {scheme!r} has no block plan")
 
 
@@ -78,27 +79,19 @@ class TimeSformer(VideoModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = SeparablePosEmbed(d, Grid(t=cfg.num_frames, h=cfg.patches, w=cfg.patches, prefix=1),
                                            cfg.pos_std, time_std=cfg.time_std, mode=cfg.pos_resize)
-        plan = sublayer_plan(cfg.scheme, cfg.patches)
-        self.blocks = nn.ModuleList(
-            Block(
-                d,
-                [AxisAttention(d, cfg.num_heads, [g], prefix, cfg.qkv_bias, cfg.attn_drop_rate, cfg.drop_rate,
-                               extra_proj=extra) for g, prefix, extra in plan],
-                cfg.mlp_ratio, rate, cfg.drop_rate, cfg.act, cfg.norm_eps,
-            )
-            for rate in drop_path_rates(cfg.drop_path_rate, cfg.depth)
-        )
+        self.blocks = make_blocks(cfg, self.sublayer_plan(cfg))
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
-        init_weights(self, cfg.weight_std)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self._init_head(cfg.num_classes, cfg.head_drop_rate)
+        self.init_parameters(cfg)
+
+    @staticmethod
+    def sublayer_plan(cfg: TimeSformerConfig) -> list[tuple[Sublayer, ...]]:
+        """The sublayers of each block: the scheme's (see :func:`scheme_sublayers`)."""
+        return [scheme_sublayers(cfg.scheme, cfg.patches)] * cfg.depth
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, T, H, W)`` -> normalised tokens ``(B, 1 + T*N, D)``."""
-        x, grid = self.patch_embed(x)
-        grid = grid.replace(prefix=1)
-        x = self.prepend(self.cls_token, x)
-        return self.norm(self.run_blocks(self.blocks, self.pos_embed(x, grid), grid))
+        x, grid = self.embed(*self.patch_embed(x), self.cls_token, self.pos_embed)
+        return self.norm(self.run_blocks(self.blocks, x, grid))
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, 0]

@@ -13,9 +13,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..layers import AxisAttention, Block, FrameGrid, Grid, Grouping, JointPosEmbed, TubeletEmbed, drop_path_rates
+from ..layers import FrameGrid, Grid, Grouping, JointPosEmbed, Sublayer, TubeletEmbed
+from ..layers.block import PreHook
 from ..layers.pos_embed import check_resize_mode
-from .base import TransformerConfig, VideoModel, init_weights
+from .base import TransformerConfig, VideoModel, make_blocks
 
 READOUTS = ("mean_logits", "mean_tokens")
 
@@ -43,8 +44,15 @@ def check_readout(readout: str) -> None:
         raise ValueError(f"unknown frame-wise read-out {readout!r}; choose from {', '.join(READOUTS)}")
 
 
+FRAME = Sublayer((Grouping(("t", "h", "w")),))  # MSA over one frame (t = 1 in a FrameGrid), CLS included
+
+
 class FramewiseViT(VideoModel):
-    """ViT on ``B*T`` frames: ``z = [cls, E x_1 .. E x_N] + p`` (ViViT Eq. 1), L blocks, CLS -> head, mean over T."""
+    """ViT on ``B*T`` frames: ``z = [cls, E x_1 .. E x_N] + p`` (ViViT Eq. 1), L blocks, CLS -> head, mean over T.
+
+    Subclasses change what each block does through :meth:`sublayer_plan` and :meth:`block_hook` (MSCA,
+    TokenShift); the parameters stay the image ViT's.
+    """
 
     def __init__(self, cfg: FramewiseViTConfig) -> None:
         super().__init__()
@@ -54,30 +62,26 @@ class FramewiseViT(VideoModel):
         self.num_prefix = int(cfg.class_token)
         self.pos_embed = JointPosEmbed(d, Grid(t=1, h=cfg.patches, w=cfg.patches, prefix=self.num_prefix),
                                        cfg.pos_std, cfg.pos_resize)
-        self.blocks = nn.ModuleList(
-            Block(
-                d,
-                [AxisAttention(d, cfg.num_heads, [Grouping(("t", "h", "w"))], "replicate", cfg.qkv_bias,
-                               cfg.attn_drop_rate, cfg.drop_rate)],
-                cfg.mlp_ratio, dp, cfg.drop_rate, cfg.act, cfg.norm_eps,
-            )
-            for dp in drop_path_rates(cfg.drop_path_rate, cfg.depth)
-        )
+        self.blocks = make_blocks(cfg, self.sublayer_plan(cfg), pre=self.block_hook(cfg))
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
-        init_weights(self, cfg.weight_std)
-        if self.cls_token is not None:
-            nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self._init_head(cfg.num_classes, cfg.head_drop_rate)
+        self.init_parameters(cfg)
+
+    @staticmethod
+    def sublayer_plan(cfg: FramewiseViTConfig) -> list[tuple[Sublayer, ...]]:
+        """The sublayers of each block: the image ViT's MSA over each frame."""
+        return [(FRAME,)] * cfg.depth
+
+    @staticmethod
+    def block_hook(cfg: FramewiseViTConfig) -> PreHook | None:
+        """A hook on the residual stream before each sublayer and the MLP (none: the image ViT)."""
+        return None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, T, H, W)`` -> normalised tokens ``(B, T, P + N, D)`` of every frame (``readout="mean_tokens"``:
         ``(B, 1, P + N, D)``, the frame mean taken before the final LayerNorm)."""
-        x, grid = self.patch_embed(x)
-        B, T = x.shape[0], grid.t
-        x = rearrange(x, "b (t n) d -> (b t) n d", t=T)
-        grid = FrameGrid(t=1, h=grid.h, w=grid.w, prefix=self.num_prefix, frames=T)  # frames fold into batch
-        x = self.run_blocks(self.blocks, self.pos_embed(self.prepend(self.cls_token, x), grid), grid)
-        x = rearrange(x, "(b t) n d -> b t n d", b=B)
+        x, grid = fold_frames(*self.patch_embed(x))
+        x, grid = self.embed(x, grid, self.cls_token, self.pos_embed)
+        x = rearrange(self.run_blocks(self.blocks, x, grid), "(b t) n d -> b t n d", t=grid.frames)
         if self.cfg.readout == "mean_tokens":
             x = x.mean(dim=1, keepdim=True)
         return self.norm(x)
@@ -87,3 +91,10 @@ class FramewiseViT(VideoModel):
         head being linear)."""
         frames = x[:, :, 0] if self.cls_token is not None else x.mean(dim=2)
         return frames.mean(dim=1)
+
+
+def fold_frames(x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, FrameGrid]:
+    """Tokens ``(B, T*N, D)`` of a ``(t, h, w)`` grid -> ``(B*T, N, D)``: each token frame a sequence of the
+    batch, the frame count carried by the :class:`FrameGrid` (frame-wise ViT, ViViT model 2's spatial encoder)."""
+    x = rearrange(x, "b (t n) d -> (b t) n d", t=grid.t)
+    return x, FrameGrid(t=1, h=grid.h, w=grid.w, m=grid.m, prefix=grid.prefix, frames=grid.t)

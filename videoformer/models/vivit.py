@@ -20,8 +20,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..layers import AxisAttention, Block, Grid, Grouping, JointPosEmbed, TubeletEmbed, drop_path_rates
-from .base import TransformerConfig, VideoModel, init_weights
+from ..layers import Grid, Grouping, JointPosEmbed, Sublayer, TubeletEmbed, drop_path_rates
+from .base import TransformerConfig, VideoModel, make_blocks
+from .vit import fold_frames
 
 SPACE, TIME, ALL = Grouping(("h", "w")), Grouping(("t",)), Grouping(("t", "h", "w"))
 
@@ -60,68 +61,89 @@ class ViViTConfig(TransformerConfig):
 
 
 class ViViT(VideoModel):
-    """ViViT models 1-4 (§3.3); which one is ``cfg.model``."""
+    """ViViT models 1, 3 and 4 (§3.3): tubelets + CLS (model 1) + joint positions, the blocks of
+    :meth:`sublayer_plan`, CLS or global average pooling. Model 2 is :class:`ViViTFactorisedEncoder`
+    (:func:`build_vivit` builds either)."""
 
     def __init__(self, cfg: ViViTConfig) -> None:
         super().__init__()
+        if cfg.model == 2:
+            raise ValueError("ViViT model 2 is ViViTFactorisedEncoder; build it with build_vivit()")
         self.cfg, self.num_features, d = cfg, cfg.dim, cfg.dim
         self.patch_embed = TubeletEmbed(cfg.in_chans, d, (cfg.tubelet_t, cfg.patch_size, cfg.patch_size))
         nt, n = cfg.num_frames // cfg.tubelet_t, cfg.patches
-        rates = drop_path_rates(cfg.drop_path_rate, cfg.depth + (cfg.temporal_depth if cfg.model == 2 else 0))
+        token = cfg.classifier == "token"
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if token else None
+        self.pos_embed = JointPosEmbed(d, Grid(t=nt, h=n, w=n, prefix=int(token)), cfg.pos_std)
+        self.blocks = make_blocks(cfg, self.sublayer_plan(cfg))
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.init_parameters(cfg)
 
-        def block(groupings_per_sublayer, rate, prefix="replicate"):
-            attns = [AxisAttention(d, cfg.num_heads, g, prefix, cfg.qkv_bias, cfg.attn_drop_rate, cfg.drop_rate)
-                     for g in groupings_per_sublayer]
-            return Block(d, attns, cfg.mlp_ratio, rate, cfg.drop_rate, cfg.act, cfg.norm_eps)
-
-        if cfg.model == 2:
-            self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.spatial_pool == "token" else None
-            prefix = int(self.cls_token is not None)
-            self.pos_embed = JointPosEmbed(d, Grid(t=1, h=n, w=n, prefix=prefix), cfg.pos_std)
-            self.blocks = nn.ModuleList(block([[ALL]], r) for r in rates[: cfg.depth])
-            self.norm_spatial = nn.LayerNorm(d, eps=cfg.norm_eps)
-            if cfg.temporal_depth:
-                token = cfg.classifier == "token"
-                self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, d)) if token else None
-                self.temporal_pos_embed = JointPosEmbed(d, Grid(t=nt, h=1, w=1, prefix=int(token)), cfg.pos_std)
-                self.temporal_blocks = nn.ModuleList(block([[TIME]], r) for r in rates[cfg.depth:])
+    @staticmethod
+    def sublayer_plan(cfg: ViViTConfig) -> list[tuple[Sublayer, ...]]:
+        """The sublayers of each block of models 1, 3 and 4 (model 2: :class:`ViViTFactorisedEncoder`)."""
+        space_time = (SPACE, TIME) if cfg.order == "st" else (TIME, SPACE)
+        if cfg.model == 3:  # the temporal MSA the image ViT lacks starts as a residual no-op (§3.4)
+            sublayers = tuple(Sublayer((g,), init="zero_output" if g == TIME else "pretrained") for g in space_time)
         else:
-            token = cfg.classifier == "token"
-            self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if token else None
-            self.pos_embed = JointPosEmbed(d, Grid(t=nt, h=n, w=n, prefix=int(token)), cfg.pos_std)
-            space_time = [SPACE, TIME] if cfg.order == "st" else [TIME, SPACE]
-            sublayers = {1: [[ALL]], 3: [[g] for g in space_time], 4: [space_time]}[cfg.model]
-            self.blocks = nn.ModuleList(block(sublayers, r) for r in rates)
-        plain_average = cfg.model == 2 and not cfg.temporal_depth
-        self.norm = nn.Identity() if plain_average else nn.LayerNorm(d, eps=cfg.norm_eps)
-        init_weights(self, cfg.weight_std)
-        for name in ("cls_token", "temporal_cls_token"):
-            if getattr(self, name, None) is not None:
-                nn.init.trunc_normal_(getattr(self, name), std=0.02)
-        self._init_head(cfg.num_classes, cfg.head_drop_rate)
+            sublayers = {1: (Sublayer((ALL,)),), 4: (Sublayer(space_time),)}[cfg.model]
+        return [sublayers] * cfg.depth
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Clip -> normalised tokens: ``(B, P + N, D)``; model 2: ``(B, P + nt, D)`` temporal tokens
-        (``(B, nt, D)`` frame representations when ``Lt = 0``)."""
-        x, grid = self.patch_embed(x)
-        if self.cfg.model != 2:
-            grid = grid.replace(prefix=int(self.cls_token is not None))
-            x = self.pos_embed(self.prepend(self.cls_token, x), grid)
-            return self.norm(self.run_blocks(self.blocks, x, grid))
-        B, nt = x.shape[0], grid.t
-        x = rearrange(x, "b (t n) d -> (b t) n d", t=nt)  # spatial encoder: one sequence per temporal index
-        sgrid = grid.replace(t=1, prefix=int(self.cls_token is not None))
-        x = self.pos_embed(self.prepend(self.cls_token, x), sgrid)
-        x = self.norm_spatial(self.run_blocks(self.blocks, x, sgrid))
+        """Clip -> normalised tokens ``(B, P + N, D)``."""
+        x, grid = self.embed(*self.patch_embed(x), self.cls_token, self.pos_embed)
+        return self.norm(self.run_blocks(self.blocks, x, grid))
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0] if self.cls_token is not None else x.mean(dim=1)  # CLS or global average pooling
+
+
+class ViViTFactorisedEncoder(VideoModel):
+    """ViViT model 2: a spatial ViT over the tokens of each temporal index (frames folded into the batch, as
+    the frame-wise ViT), CLS or average -> ``h_i``; then a temporal encoder of ``Lt`` blocks over
+    ``[h_1 .. h_nt]``, or, with ``Lt = 0``, the average of ``h_i`` (Table 2 baseline)."""
+
+    image_norm = "norm_spatial"  # an image ViT initialises the spatial encoder, its final norm included
+
+    def __init__(self, cfg: ViViTConfig) -> None:
+        super().__init__()
+        if cfg.model != 2:
+            raise ValueError(f"ViViTFactorisedEncoder is ViViT model 2, got model {cfg.model}")
+        self.cfg, self.num_features, d = cfg, cfg.dim, cfg.dim
+        self.patch_embed = TubeletEmbed(cfg.in_chans, d, (cfg.tubelet_t, cfg.patch_size, cfg.patch_size))
+        nt, n = cfg.num_frames // cfg.tubelet_t, cfg.patches
+        rates = drop_path_rates(cfg.drop_path_rate, cfg.depth + cfg.temporal_depth)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.spatial_pool == "token" else None
+        self.pos_embed = JointPosEmbed(d, Grid(t=1, h=n, w=n, prefix=int(self.cls_token is not None)),
+                                       cfg.pos_std)
+        self.blocks = make_blocks(cfg, [(Sublayer((ALL,)),)] * cfg.depth, rates[: cfg.depth])
+        self.norm_spatial = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.temporal_cls_token = None
+        if cfg.temporal_depth:
+            token = cfg.classifier == "token"
+            self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, d)) if token else None
+            self.temporal_pos_embed = JointPosEmbed(d, Grid(t=nt, h=1, w=1, prefix=int(token)), cfg.pos_std)
+            self.temporal_blocks = make_blocks(cfg, [(Sublayer((TIME,)),)] * cfg.temporal_depth,
+                                               rates[cfg.depth:])
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.temporal_depth else nn.Identity()
+        self.init_parameters(cfg)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Clip -> normalised temporal tokens ``(B, P + nt, D)`` (``(B, nt, D)`` frame representations when
+        ``Lt = 0``)."""
+        x, grid = self.embed(*fold_frames(*self.patch_embed(x)), self.cls_token, self.pos_embed)
+        x = self.norm_spatial(self.run_blocks(self.blocks, x, grid))
         h = x[:, 0] if self.cls_token is not None else x.mean(dim=1)  # h_i
-        h = rearrange(h, "(b t) d -> b t d", b=B)
+        h = rearrange(h, "(b t) d -> b t d", t=grid.frames)
         if not self.cfg.temporal_depth:
             return h
-        tgrid = Grid(t=nt, h=1, w=1, prefix=int(self.temporal_cls_token is not None))
-        h = self.temporal_pos_embed(self.prepend(self.temporal_cls_token, h), tgrid)
+        h, tgrid = self.embed(h, Grid(t=grid.frames, h=1, w=1), self.temporal_cls_token, self.temporal_pos_embed)
         return self.norm(self.run_blocks(self.temporal_blocks, h, tgrid))
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.model == 2 and not self.cfg.temporal_depth:
-            return x.mean(dim=1)  # average pooling baseline
-        return x[:, 0] if self.cfg.classifier == "token" else x.mean(dim=1)  # CLS or global average pooling
+        return x[:, 0] if self.temporal_cls_token is not None else x.mean(dim=1)  # CLS, GAP or the h_i average
+
+
+def build_vivit(cfg: ViViTConfig) -> VideoModel:
+    """ViViT of any model: 1, 3, 4 :class:`ViViT`; 2 :class:`ViViTFactorisedEncoder`."""
+    return ViViTFactorisedEncoder(cfg) if cfg.model == 2 else ViViT(cfg)

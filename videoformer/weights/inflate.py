@@ -7,13 +7,14 @@
   image has one, and left as the model's own when only the model has one.
 - Tubelet filters E (D, C, t, p, p) from the 2D filter: "inflation" replicates it over t and divides by t
   (Eq. 8); "central frame" puts it at ``floor(t/2)`` and zeros elsewhere (Eq. 9).
-- Attention sublayers the image ViT lacks:
-  ViViT model 3's temporal MSA gets the pretrained ``qkv`` and a zero output projection, so Eq. 5 is a
-  residual connection at initialisation, as §3.4 asks, and yet trains (see below);
-  TimeSformer's added sublayers (the ones with the extra ``fc``: divided's temporal attention, local-global's
-  local attention, axial's time and width attention) copy the pretrained MSA and zero their ``fc``, as the
-  official code does; ViViT model 4's single attention takes the pretrained ``qkv`` / ``proj`` as they are;
-  ViViT model 2's temporal encoder (``temporal_*`` and the final ``norm``) keeps its random initialisation.
+- Attention sublayers follow the init role of their :class:`~videoformer.layers.spec.Sublayer` spec:
+  ``"zero_output"`` (ViViT model 3's temporal MSA) gets the pretrained ``qkv`` and a zero output projection,
+  so Eq. 5 is a residual connection at initialisation, as §3.4 asks, and yet trains (see below);
+  ``"added"`` (TimeSformer's sublayers with the extra ``fc``: divided's temporal attention, local-global's
+  local attention, axial's time and width attention) copies the pretrained MSA and zeroes its ``fc``, as the
+  official code does; ``"pretrained"`` (ViViT model 4's single attention too) takes ``qkv`` / ``proj`` as they
+  are. ViViT model 2's temporal encoder (``temporal_*`` and the final ``norm``) keeps its random
+  initialisation: the image's final norm goes to the norm after the image blocks, ``model.image_norm``.
   The LayerNorm before every sublayer copies the image block's ``norm1``.
 - The classifier head stays the model's own unless ``load_head=True`` (then its shape must match).
 
@@ -33,6 +34,7 @@ from torch import nn
 
 from ..layers import JointPosEmbed, SeparablePosEmbed, resample
 from ..models.base import VideoModel
+from ..models.mmvit import MODALITIES, MMViT, mv_embedding_from_rgb
 from .common import CheckpointError, CheckpointMismatchError, StateDict, load_checked
 from .image import read_image_vit
 
@@ -101,31 +103,48 @@ def _pos_embed(tr: _Transfer, name: str, module: nn.Module) -> None:
         raise CheckpointError(f"cannot initialise positional embedding {name} of type {type(module).__name__}")
 
 
-def _is_added_temporal(block: nn.Module, attn: nn.Module) -> bool:
-    """ViViT model 3's temporal MSA: one of several sublayers, attending over time only, without ``fc``."""
-    return (len(block.attns) > 1 and getattr(attn, "fc", None) is None
-            and all(g.axes == ("t",) for g in attn.groupings))
-
-
 def _blocks(tr: _Transfer, blocks: nn.ModuleList, zero_new: bool) -> None:
-    """Every image block ``i`` -> video block ``i``: each attention sublayer from the image MSA (or zeros),
-    its LayerNorm from the image ``norm1``, MLP and its LayerNorm as they are."""
+    """Every image block ``i`` -> video block ``i``: each sublayer from the image MSA as its spec's init role
+    says (:data:`~videoformer.layers.spec.InitRole`), its LayerNorm from the image ``norm1``, MLP and its
+    LayerNorm as they are; an extra ``fc`` starts at zero (``zero_new``)."""
     for i, block in enumerate(blocks):
         b = f"blocks.{i}"
-        for j, attn in enumerate(block.attns):
-            zero_proj = zero_new and _is_added_temporal(block, attn)
+        for j, (spec, attn) in enumerate(zip(block.specs, block.attns)):
             for p in ("weight", "bias"):
                 tr.copy(f"{b}.norms.{j}.{p}", f"{b}.norms.0.{p}")
-            names = [f"{layer}.{p}" for layer in ("qkv", "proj") for p, _ in getattr(attn, layer).named_parameters()]
+            if spec.init == "value_only":  # the value rows of the image qkv
+                for p, _ in attn.v.named_parameters():
+                    qkv = tr.get(f"{b}.attns.0.qkv.{p}")
+                    tr.put(f"{b}.attns.{j}.v.{p}", None if qkv is None else qkv.chunk(3, dim=0)[2])
+            names = [f"{layer}.{p}" for layer in ("qkv", "proj") if hasattr(attn, layer)
+                     for p, _ in getattr(attn, layer).named_parameters()]
             for name in names:
                 value = tr.get(f"{b}.attns.0.{name}")
-                zero = zero_proj and name.startswith("proj.") and value is not None
+                zero = zero_new and spec.init == "zero_output" and name.startswith("proj.") and value is not None
                 tr.put(f"{b}.attns.{j}.{name}", torch.zeros_like(value) if zero else value)
             if getattr(attn, "fc", None) is not None and zero_new:
                 for p in ("weight", "bias"):
                     tr.put(f"{b}.attns.{j}.fc.{p}", torch.zeros_like(tr.out[f"{b}.attns.{j}.fc.{p}"]))
         for key in [k for k in tr.out if k.startswith((f"{b}.norm_mlp.", f"{b}.mlp."))]:
             tr.copy(key, key)
+
+
+def _finish(tr: _Transfer, model: VideoModel, load_head: bool, source: str) -> StateDict:
+    """The image's final norm into the norm after the model's image-ViT blocks (``model.image_norm``), the
+    head if asked, and :class:`CheckpointMismatchError` for anything missing, left over or misshaped."""
+    for p in ("weight", "bias"):
+        tr.copy(f"{model.image_norm}.{p}", f"norm.{p}")
+    if load_head:
+        for p in ("weight", "bias"):
+            if f"head.{p}" not in tr.out:
+                raise CheckpointError(f"load_head=True but {type(model).__name__} has no classifier (num_classes=0)")
+            tr.copy(f"head.{p}", f"head.{p}")
+    else:
+        tr.used |= {"head.weight", "head.bias"}
+    unexpected = sorted(set(tr.image) - tr.used)
+    if tr.missing or unexpected or tr.misshaped:
+        raise CheckpointMismatchError(source, tr.missing, unexpected, tr.misshaped)
+    return tr.out
 
 
 def image_to_video_state_dict(
@@ -154,20 +173,7 @@ def image_to_video_state_dict(
     tr.used.add("cls_token")  # dropped when the model has none (ViViT model 3 / 4, GAP models)
     _pos_embed(tr, "pos_embed", model.pos_embed)
     _blocks(tr, model.blocks, zero_new)
-    norm = "norm_spatial" if hasattr(model, "norm_spatial") else "norm"  # ViViT model 2: the spatial encoder's
-    for p in ("weight", "bias"):
-        tr.copy(f"{norm}.{p}", f"norm.{p}")
-    if load_head:
-        for p in ("weight", "bias"):
-            if f"head.{p}" not in tr.out:
-                raise CheckpointError(f"load_head=True but {type(model).__name__} has no classifier (num_classes=0)")
-            tr.copy(f"head.{p}", f"head.{p}")
-    else:
-        tr.used |= {"head.weight", "head.bias"}
-    unexpected = sorted(set(tr.image) - tr.used)
-    if tr.missing or unexpected or tr.misshaped:
-        raise CheckpointMismatchError(source, tr.missing, unexpected, tr.misshaped)
-    return tr.out
+    return _finish(tr, model, load_head, source)
 
 
 def init_from_image(
@@ -191,3 +197,33 @@ def init_from_image(
     image = read_image_vit(path_or_state_dict)
     state = image_to_video_state_dict(model, image, tubelet_init, zero_new, load_head, source)
     return load_checked(model, state, source)
+
+
+def init_mmvit_from_image(model: MMViT, path_or_state_dict: str | Path | Mapping[str, torch.Tensor],
+                          zero_new: bool = True) -> MMViT:
+    """Initialise MM-ViT from an image ViT (any format :func:`~videoformer.weights.read_image_vit` reads).
+
+    - ``E_I`` and ``E_R`` take the pretrained patch embedding; ``E_M`` (2 channels) the mean of its RGB
+      filters on both channels (:func:`~videoformer.models.mmvit.mv_embedding_from_rgb`); ``E_A`` and the audio
+      time embedding keep their initialisation. Each visual modality's space embedding is the resampled image
+      embedding, its time embedding zero; the CLS token is the image CLS token plus the image's CLS position
+      embedding.
+    - Every sublayer as its init role says (:func:`_blocks`): the image MSA (shift-merge: its value rows), the
+      LayerNorm before it the image ``norm1``; the extra ``fc`` of the added sublayers zeroed (``zero_new``),
+      so each is a no-op at initialisation, as in TimeSformer. IV's convolutions start as identities.
+    - MLPs, their LayerNorms and the final norm are copied; the classifier stays the model's own.
+    """
+    source = "state dict" if isinstance(path_or_state_dict, Mapping) else str(path_or_state_dict)
+    tr = _Transfer(read_image_vit(path_or_state_dict), model.state_dict())
+    rgb, bias = tr.get("patch_embed.proj.weight"), tr.get("patch_embed.proj.bias")
+    for m in model.embeds:
+        chans = MODALITIES[m]
+        weight = None if rgb is None else (rgb if chans == 3 else mv_embedding_from_rgb(rgb, chans))
+        tr.put(f"embeds.{m}.proj.weight", weight)
+        tr.put(f"embeds.{m}.proj.bias", bias)
+        _pos_embed(tr, f"pos_embeds.{m}", model.pos_embeds[m])
+    if "cls_token" in tr.image and "pos_embed.pos" in tr.image:
+        tr.put("cls_token", tr.get("cls_token") + tr.image["pos_embed.pos"][:, :1])
+    tr.used.add("cls_token")  # an image ViT without CLS token (GAP) leaves the model's own
+    _blocks(tr, model.blocks, zero_new)
+    return load_checked(model, _finish(tr, model, False, source), source)
