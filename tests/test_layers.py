@@ -122,11 +122,18 @@ def test_drop_path_rates_and_behaviour():
 
 
 def test_positional_init_scales_are_config_values():
-    """Default: ViT's 0.02 and a zero time embedding (official TimeSformer); both settable for scratch training."""
+    """The papers' init (ViT's 0.02, the official TimeSformer's zero time embedding) is one setting away; the
+    default scales weights and embeddings with the width (0.02 at ViT-B's d = 768) and never zeroes time."""
     from videoformer.models import create_model
 
-    default = create_model("timesformer_tiny_divided")
+    default = create_model("timesformer_tiny_divided", init_std=0.02, pos_embed_std=0.02, time_embed_std=0.0)
     assert default.pos_embed.time.abs().max() == 0 and 0.01 < default.pos_embed.space.std() < 0.03
+    assert 0.01 < default.blocks[0].mlp.fc1.weight.std() < 0.03
+    scaled = create_model("timesformer_tiny_divided")  # d = 64: 0.02 * sqrt(768 / 64) = 0.069
+    assert 0.055 < scaled.blocks[0].mlp.fc1.weight.std() < 0.08
+    assert 0.4 < scaled.pos_embed.space.std() < 0.6 and 0.3 < scaled.pos_embed.time.std() < 0.7  # EMBED_STD
+    with torch.device("meta"):
+        assert create_model("timesformer_b16_divided").cfg.weight_std == 0.02  # ViT-B: as in the paper
     big = create_model("timesformer_tiny_divided", pos_embed_std=0.5, time_embed_std=0.5)
     assert 0.3 < big.pos_embed.space.std() < 0.6 and 0.3 < big.pos_embed.time.std() < 0.6
     assert 0.3 < create_model("vivit_tiny_joint", pos_embed_std=0.5).pos_embed.pos.std() < 0.6

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from .analysis import count_model
-from .models import list_models
+# Only the standard library at import time: `videoformer --help` must not import torch. Each handler imports
+# what it needs.
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Parameters and GMACs of one clip, built on the meta device (no weights, no compute)."""
+    from .analysis import count_model
+
     try:
         report = count_model(args.model, num_frames=args.frames, img_size=args.size, num_classes=args.num_classes)
     except ValueError as err:  # unknown model (lists close matches) or an invalid size
@@ -43,6 +46,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Registered names matching a shell pattern; a plain word matches as a substring."""
+    from .models import list_models
+
     pattern = args.pattern if any(ch in args.pattern for ch in "*?[") else f"*{args.pattern}*"
     names = list_models(pattern)
     if not names:
@@ -58,9 +63,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     diverged, 1 when a file could not be written (disk full)."""
     from .data import DatasetFailure
     from .engine import TrainingDiverged, load_config, train
+    from .engine.interrupt import TrainingStopped
 
     try:
         train(load_config(args.config, args.overrides))
+    except TrainingStopped as err:
+        print(f"videoformer train: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, the last written checkpoint stays
+        print("videoformer train: interrupted; the last written checkpoint is kept and the same command resumes "
+              "from it", file=sys.stderr)
+        return 130
     except TrainingDiverged as err:
         print(f"videoformer train: {err}", file=sys.stderr)
         return 3
@@ -84,22 +97,48 @@ def _precision(precision: str | None) -> list[str]:
     return [f"eval.precision={precision}"] if precision else []
 
 
+def cmd_init_config(args: argparse.Namespace) -> int:
+    """Write (or print) a commented YAML config with every key and its default, pointed at a data folder."""
+    from .engine.template import init_config
+    from .fileio import atomic_write_text
+
+    try:
+        text, cfg = init_config(args.model, args.data, args.out)
+        if args.out:
+            if os.path.exists(args.out) and not args.force:
+                raise ValueError(f"{args.out} exists; pass --force to overwrite it")
+            atomic_write_text(args.out, text)
+    except (ValueError, OSError) as err:  # unknown model, no train/ val/ folders, unwritable file
+        print(f"videoformer init-config: {err}", file=sys.stderr)
+        return 2
+    if not args.out:
+        print(text, end="")
+        return 0
+    print(f"wrote {args.out} ({cfg.model.name}, runs in {cfg.output_dir}); next: videoformer train {args.out}",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Multi-view test of a run's validation split: top-1, top-5, mean class accuracy, per-class, confusion."""
     from .engine.predict import evaluate_run, load_run
 
     try:
         k, s = _views(args.views)
-        run = load_run(args.run, [*args.overrides, *_precision(args.precision)])
+        run = load_run(args.run, [*args.overrides, *_precision(args.precision)], args.checkpoint)
         result = evaluate_run(run, k, s, shuffle_seed=0 if args.shuffle_frames else None, progress=not args.json)
     except ValueError as err:  # config, annotation and checkpoint errors; no video scored; NaN / inf scores
         print(f"videoformer eval: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"checkpoint": run.source, "shuffle_frames": args.shuffle_frames, **result.summary()},
+        print(json.dumps({"checkpoint": run.source, "checkpoint_note": run.note, "split": run.cfg.data.val,
+                          "classes": run.classes, "shuffle_frames": args.shuffle_frames, **result.summary()},
                          allow_nan=False))
         return 0
     print(f"checkpoint      {run.source}")
+    if run.note:
+        print(f"                {run.note}")
+    print(f"split           data.val = {run.cfg.data.val}")
     print(f"views           {result.views} (clips x crops){'  frames shuffled' if args.shuffle_frames else ''}")
     print(f"videos          {result.num_videos} scored, {result.skipped} skipped (missing or unreadable)")
     if result.action_acc is not None:
@@ -209,11 +248,21 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     """Attention-rollout PNG overlays of one video (MM-ViT: I-frame / MV / residual rows and an audio strip)."""
     from .analysis.rollout import rollout_video
 
-    if args.weights is None:
-        print("videoformer rollout: no --weights, the maps are those of a random initialisation", file=sys.stderr)
     try:
-        paths = rollout_video(args.model, args.video, args.out, args.weights, args.head_fusion,
-                              num_frames=args.frames, img_size=args.size, num_classes=args.num_classes)
+        if os.path.exists(args.model):  # a run directory, a checkpoint, any source load_pretrained reads
+            from .engine.predict import load_run, rollout_run
+
+            if args.weights or args.frames or args.size or args.num_classes:
+                raise ValueError("--weights / --frames / --size / --num-classes apply to a registered model name; "
+                                 f"{args.model} brings its own weights and sizes")
+            paths = rollout_run(load_run(args.model, checkpoint=args.checkpoint), args.video, args.out,
+                                args.head_fusion)
+        else:
+            if args.weights is None:
+                print("videoformer rollout: no --weights, the maps are those of a random initialisation",
+                      file=sys.stderr)
+            paths = rollout_video(args.model, args.video, args.out, args.weights, args.head_fusion,
+                                  num_frames=args.frames, img_size=args.size, num_classes=args.num_classes)
     except (ValueError, OSError) as err:
         print(f"videoformer rollout: {err}", file=sys.stderr)
         return 2
@@ -271,6 +320,19 @@ PRECISION_HELP = ("autocast of the forward pass (eval.precision; default: train.
                   "GPUs and on CPUs with AVX512-BF16 / AMX (benchmarks/README.md); fp16 needs a GPU")
 
 
+def add_extract_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``videoformer extract`` (here, not in ``data.prepare``, so building the parser stays cheap)."""
+    p.add_argument("dataset", help="a dataset folder (every video below it, and its split / annotation files) "
+                                   "or a CSV path,label[,start,end] (the videos it lists, inside its folder)")
+    p.add_argument("out", help="output folder: the cache is OUT/<name of the dataset folder>, same layout, to use "
+                               "as data.root with the dataset's format and splits")
+    p.add_argument("--size", default="340x256", help="WIDTHxHEIGHT (MM-ViT / CoViAR: 340x256)")
+    p.add_argument("--gop", type=int, default=12)
+    p.add_argument("--qscale", type=int, default=2)
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videoformer", description="Video transformers: model info and tools.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -287,13 +349,26 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("pattern", nargs="?", default="*", help="shell pattern or substring, e.g. 'vivit_*'")
     lst.set_defaults(handler=cmd_list)
 
+    ic = sub.add_parser("init-config", help="write a commented YAML config (every key, its default) for a model "
+                        "and a data folder")
+    ic.add_argument("model", help="registered model name (see `videoformer list`) or a recipe, e.g. "
+                    "configs/small/temporal.yaml")
+    ic.add_argument("--data", help="dataset folder holding train/<class>/<video> and val/<class>/<video>")
+    ic.add_argument("--out", help="YAML file to write (default: print to stdout)")
+    ic.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    ic.set_defaults(handler=cmd_init_config)
+
     tr = sub.add_parser("train", help="train a model from a YAML config (resumes from OUTPUT_DIR/checkpoints/last.pt)")
-    tr.add_argument("config", help="YAML file, e.g. configs/vivit_b_fe_k400.yaml")
+    tr.add_argument("config", help="YAML file, e.g. configs/small/temporal.yaml or one written by `videoformer "
+                    "init-config`")
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=0.01")
     tr.set_defaults(handler=cmd_train)
 
     ev = sub.add_parser("eval", help="multi-view testing of a run directory or checkpoint on its data.val split")
     ev.add_argument("run", help="run directory (uses checkpoints/best.pt, else last.pt) or a checkpoint file")
+    ev.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                    help="of a run directory: best.pt (the epoch with the best validation top-1: optimistic on "
+                         "that split) or last.pt (the final weights); default best")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.val=test.csv")
     ev.add_argument("--views", help="KxS: K temporal clips x S spatial crops (1 or 3), e.g. 4x3 (default: eval.*)")
     ev.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, mean_class_acc, ...)")
@@ -326,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.set_defaults(handler=cmd_convert)
 
     ro = sub.add_parser("rollout", help="attention-rollout PNG overlays of a model on one video file")
-    ro.add_argument("model", help="registered model name, e.g. mmvit_b16_merged or timesformer_b16_divided")
+    ro.add_argument("model", help="a run directory, a checkpoint (any file or directory load_pretrained reads) or "
+                    "a registered model name (with --weights, else random weights), e.g. timesformer_b16_divided")
     ro.add_argument("video", help="video file (MM-ViT: an MPEG-4 re-encode without B-frames)")
     ro.add_argument("--out", default="rollout", help="output directory for the PNGs (default ./rollout)")
     ro.add_argument("--weights", help="state-dict file of the model (.safetensors / .pt); default: random init")
@@ -334,9 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--size", type=int, help="frame height = width S (default: the model's)")
     ro.add_argument("--num-classes", type=int, help="classifier outputs C, as in the weights (default: the model's)")
     ro.add_argument("--head-fusion", choices=("mean", "max"), default="mean", help="how heads are fused")
+    ro.add_argument("--checkpoint", choices=("best", "last"), default="best", help="of a run directory (default best)")
     ro.set_defaults(handler=cmd_rollout)
-
-    from .data.prepare import add_extract_arguments
 
     ex = add_extract_arguments(sub.add_parser("extract", help="prepare a dataset for the compressed-domain models"))
     ex.set_defaults(handler=cmd_extract)
@@ -374,7 +449,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which stops at a step boundary on its own)
+        print(f"videoformer {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -64,13 +64,14 @@ class Augment:
     (``randaug_layers`` ops at ``randaug_magnitude`` on the 0-30 scale). Keyword-only, so a class that adds
     its own fields (``VideoTransform``, ``DataConfig``) keeps their positions."""
 
-    crop: Literal["scale_jitter", "random_resized"] = "scale_jitter"
-    min_scale: Annotated[float, POSITIVE] = 0.9  # <= max_scale
+    crop: Literal["scale_jitter", "random_resized"] = "scale_jitter"  # training crop
+    min_scale: Annotated[float, POSITIVE] = 0.9  # scale jitter of the short side (<= max_scale)
     max_scale: Annotated[float, POSITIVE] = 1.33
+    # horizontal flips in training; set 0 when a class depends on left vs right (e.g. "move left" / "move right")
     flip_prob: Annotated[float, FRACTION] = 0.5
-    color_jitter_prob: Annotated[float, FRACTION] = 0.0
-    randaug_layers: Annotated[int, AT_LEAST_0] = 0
-    randaug_magnitude: Annotated[int, Range(0, 30)] = 15
+    color_jitter_prob: Annotated[float, FRACTION] = 0.0  # share of training clips colour-jittered
+    randaug_layers: Annotated[int, AT_LEAST_0] = 0  # RandAugment operations per clip (0: off)
+    randaug_magnitude: Annotated[int, Range(0, 30)] = 15  # on RandAugment's 0-30 scale
 
     def augment(self) -> dict[str, Any]:
         """The augmentation fields of this object, as keywords of any other :class:`Augment`."""

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from videoformer.data.clock import seconds, stream_start, timestamp
-from videoformer.data.errors import VideoReadError
+from videoformer.data.errors import VideoReadError, warn_once
 
 log = logging.getLogger(__name__)
 
@@ -319,5 +319,7 @@ def _embedder(weights: str | None) -> Callable[[np.ndarray], np.ndarray]:
                 return model(torch.as_tensor(np.asarray(examples), dtype=torch.float32)).numpy()
 
         return embed
-    log.info("audio embeddings: no VGGish weights (%s unset); using per-band mean/std fallback", VGGISH_ENV)
+    warn_once(log, "vggish", "audio embeddings: no VGGish weights (data.audio_weights and %s unset); using the "
+              "fallback, the per-band mean / std of the log-mel, instead of VGGish (MM-ViT §3.2): set data.audio_weights=FILE "
+              "(a torchvggish state dict) for the paper's audio features", VGGISH_ENV)
     return fallback_embed

@@ -26,7 +26,7 @@ import numba
 import numpy as np
 
 from videoformer.data.clock import frame_rate
-from videoformer.data.errors import VideoReadError
+from videoformer.data.errors import VideoReadError, warn_once
 from videoformer.data.sampling import uniform_indices
 from videoformer.data.video import (FrameReader, _plan, _with_index_retry, empty_array, frame_index, open_video,
                                     select_video_stream, to_rgb, upright)
@@ -341,7 +341,9 @@ def _extract_visual(path: str, idx: np.ndarray, accumulate: bool, seek_gap: int 
             if not intra and i != prev_i + 1:
                 raise VideoReadError(path, f"frame {i}: the frames it references were not decoded (damaged stream?)")
             if frame.pict_type == av.video.frame.PictureType.B and not warned_b:
-                log.warning("%s: B-frames found; future references ignored (re-encode with reencode_mpeg4)", path)
+                warn_once(log, "b-frames", "%s: B-frames found; their future references are ignored. Re-encode the "
+                          "dataset with `videoformer extract DATASET OUT` (MPEG-4, no B-frames) and train on "
+                          "OUT/<name>; other files with B-frames are not reported", path)
                 warned_b = True
             sampled = i in slots
             rgb = to_rgb(frame).reshape(-1, 3) if intra or sampled or (i + 1) in slots else None

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from videoformer.data.annotations import VideoRecord
 from videoformer.data.batch import COMPRESSED, RGB
 from videoformer.data.compressed import extract_compressed
-from videoformer.data.errors import VideoReadError
+from videoformer.data.errors import VideoReadError, warn_once
 from videoformer.data.prepare import verify_cached
 from videoformer.data.sampling import dense_indices, uniform_indices
 from videoformer.data.video import FrameIndex, frame_index, read_clip
@@ -161,6 +161,24 @@ class VideoDataset(_SkippingDataset):
         return (views[0] if clips == 1 else views), _label(record)
 
 
+def check_compressed_source(path: str) -> None:
+    """Warn (once per process) when ``path`` is not what ``videoformer extract`` writes: MPEG-4 without
+    B-frames, the representation MM-ViT's motion vectors and residuals are defined on."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            ctx = container.streams.video[0].codec_context
+            codec, b_frames = ctx.name, bool(ctx.has_b_frames)
+    except (av.FFmpegError, IndexError, OSError):
+        return  # unreadable files are counted and reported by the samples themselves
+    if b_frames or codec != "mpeg4":
+        warn_once(log, "b-frames", "%s is %s%s, not a `videoformer extract` cache (MPEG-4, GOP 12, no B-frames): "
+                  "B-frames' future references are ignored and motion vectors differ from MM-ViT's. Run "
+                  "`videoformer extract DATASET OUT` and set data.root to OUT/<name of DATASET>", path, codec,
+                  " with B-frames" if b_frames else "")
+
+
 class CompressedVideoDataset(_SkippingDataset):
     """Compressed-domain samples (MM-ViT): a dict with ``iframe`` (T, 3, H, W), ``mv`` (T, 2, H, W),
     ``residual`` (T, 3, H, W) (raw ints, or normalised floats via ``transform(iframe, mv, residual,
@@ -176,6 +194,13 @@ class CompressedVideoDataset(_SkippingDataset):
         super().__init__(records, **kw)
         self.num_segments, self.accumulate, self.train = num_segments, accumulate, train
         self.transform, self.audio, self.audio_weights = transform, audio, audio_weights
+        # Problems of the whole dataset are reported here, once, not by every worker for every sample.
+        if records:
+            check_compressed_source(records[0].path)
+        if audio:
+            from videoformer.data.audio import default_embedder
+
+            default_embedder(audio_weights)  # warns once when the VGGish fallback is used
 
     @staticmethod
     def split(sample: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

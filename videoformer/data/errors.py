@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
+
+_WARNED: set[str] = set()
+
+
+def warn_once(log: logging.Logger, kind: str, message: str, *args: object) -> None:
+    """``log.warning`` the first time ``kind`` is reported in this process (and in the DataLoader workers forked
+    after it); later reports of that kind go to the info level (hidden by default). A dataset that finds a problem
+    while it is built reports it here once, so its workers do not repeat it for every sample."""
+    if kind in _WARNED:
+        log.info(message, *args)
+        return
+    _WARNED.add(kind)
+    log.warning(message, *args)
 
 
 class _PathError(ValueError):

@@ -61,7 +61,7 @@ from videoformer.fileio import atomic_write, atomic_write_text, remove_stale_tem
 log = logging.getLogger(__name__)
 
 __all__ = ["PrepareConfig", "PrepareResult", "extract_dataset", "verify_cached", "cached_logmel", "logmel_path",
-           "meta_path", "add_extract_arguments", "run_extract", "main"]
+           "meta_path", "run_extract", "main"]
 
 FORMAT_VERSION = 3  # 3: the dataset's layout kept, SHA-1 of every cached file
 ANNOTATION_SUFFIXES = (".txt", ".csv", ".json", ".tsv", ".lst")
@@ -463,21 +463,10 @@ def _run(jobs: list[_Job], workers: int, progress: bool):
         bar.close()
 
 
-def add_extract_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``videoformer extract`` (for the top-level CLI to mount as a sub-command)."""
-    p.add_argument("dataset", help="a dataset folder (every video below it, and its split / annotation files) "
-                                   "or a CSV path,label[,start,end] (the videos it lists, inside its folder)")
-    p.add_argument("out", help="output folder: the cache is OUT/<name of the dataset folder>, same layout, to use "
-                               "as data.root with the dataset's format and splits")
-    p.add_argument("--size", default="340x256", help="WIDTHxHEIGHT (MM-ViT / CoViAR: 340x256)")
-    p.add_argument("--gop", type=int, default=12)
-    p.add_argument("--qscale", type=int, default=2)
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
     """``videoformer extract DATASET OUT``: prints the cache root and a summary; exit 1 if any failed."""
+    from ..cli import add_extract_arguments
+
     return run_extract(add_extract_arguments(argparse.ArgumentParser(prog="videoformer extract")).parse_args(argv))
 
 

@@ -8,7 +8,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-__all__ = ["write_video", "moving_square_frames", "tone", "barcode_frames", "read_barcode", "remux_trimmed",
+__all__ = ["write_video", "ORDER_PAIRS", "order_clip", "write_order_dataset", "moving_square_frames", "tone", "barcode_frames", "read_barcode", "remux_trimmed",
            "write_with_cover", "write_resolution_change"]
 
 
@@ -207,3 +207,62 @@ def write_resolution_change(path: str | os.PathLike, parts: list[np.ndarray], fp
                 out.mux(p)
             offset += len(frames)
     return path
+
+
+# Pairs of classes that differ only in the order of their frames: the second class of a pair is the first one
+# with its frames reversed ("turn_back": with its two halves swapped, i.e. up-then-down against down-then-up from a
+# random height, so that neither a frame nor a frame's motion tells the class, only which motion comes first).
+# Not the demo's motions (left / right, rotation), and none is a left / right mirror: horizontal flips keep labels.
+# In the compressed domain, motion vectors accumulate from the GOP's I-frame, so a segment's vectors carry its
+# displacement since the GOP started: write "turn_back" with 24 frames and GOP 12 (one direction per GOP) for a
+# pair that no segment tells apart (with 16 frames, the accumulated vectors of the first GOP give it away).
+ORDER_PAIRS = {"vertical": ("move_down", "move_up"), "size": ("grow", "shrink"),
+               "presence": ("appear", "disappear"), "turn_back": ("down_then_up", "up_then_down")}
+
+
+def order_clip(kind: str, second: bool, rng: np.random.Generator, frames: int = 16, size: int = 32) -> np.ndarray:
+    """``(T, H, W, 3)`` uint8 frames of one clip of the pair ``kind`` (:data:`ORDER_PAIRS`), of its second class
+    when ``second``. Colours, texture and positions are random and independent of the class."""
+    if kind not in ORDER_PAIRS:
+        raise ValueError(f"unknown order pair {kind!r}; choose from {sorted(ORDER_PAIRS)}")
+    bg = np.clip(rng.uniform(0, 110, 3) + rng.normal(0, 8, (size, size, 3)), 0, 255)
+    fg = np.clip(rng.uniform(150, 255, 3) + rng.normal(0, 8, (size, size, 3)), 0, 255)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    cx, cy = rng.uniform(0.3 * size, 0.7 * size, 2)
+    half = 0.16 * size  # half side of the square
+    out = np.empty((frames, size, size, 3), dtype=np.uint8)
+    for t in range(frames):
+        f = t / (frames - 1)
+        if kind == "vertical":
+            y = 0.2 * size + 0.6 * size * f
+            mask = (np.abs(xx - cx) < half) & (np.abs(yy - y) < half)
+        elif kind == "size":
+            r = size * (0.06 + 0.3 * f)
+            mask = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+        elif kind == "presence":
+            mask = ((xx - cx) ** 2 + (yy - cy) ** 2 < (0.2 * size) ** 2) & (f > 0.5)
+        else:  # turn_back: down and back up, from a random height
+            y = cy - 0.2 * size + 0.4 * size * (1 - abs(2 * f - 1))
+            mask = (np.abs(xx - cx) < half) & (np.abs(yy - y) < half)
+        out[t] = np.where(mask[..., None], fg, bg).astype(np.uint8)
+    if second:
+        out = np.concatenate([out[frames // 2 :], out[: frames // 2]]) if kind == "turn_back" else out[::-1]
+    return np.ascontiguousarray(out)
+
+
+def write_order_dataset(root: str | os.PathLike, kinds: tuple[str, ...] = ("vertical", "size", "presence"),
+                        per_class: tuple[int, int] = (40, 12), frames: int = 16, size: int = 32, seed: int = 0,
+                        codec: str = "libx264", fps: int = 12) -> str:
+    """``root/{train,val}/<class>/<i>.mp4`` for every class of the pairs ``kinds`` (``per_class`` train / val
+    clips each; ``codec="mpeg4"`` for the compressed domain: MPEG-4 without B-frames, GOP 12); returns root."""
+    rng = np.random.default_rng(seed)
+    for split, n in zip(("train", "val"), per_class):
+        for kind in kinds:
+            for second, name in enumerate(ORDER_PAIRS[kind]):
+                folder = os.path.join(root, split, name)
+                os.makedirs(folder, exist_ok=True)
+                for i in range(n):
+                    clip = order_clip(kind, bool(second), rng, frames, size)
+                    write_video(os.path.join(folder, f"{i:03d}.mp4"), clip, fps=fps, codec=codec,
+                                **({"bit_rate": 400_000} if codec == "mpeg4" else {}))
+    return os.fspath(root)

@@ -34,7 +34,7 @@ class Device:
 
 @dataclass
 class ModelConfig:
-    name: str = "vit_tiny_framewise"
+    name: str = "vit_tiny_framewise"  # a registered model (`videoformer list`)
     num_frames: Annotated[int | None, AT_LEAST_1] = None  # None: the registered default
     img_size: Annotated[int | None, AT_LEAST_1] = None  # a multiple of the patch size (checked with the model)
     num_classes: Annotated[int | None, AT_LEAST_1] = None  # None: from the dataset's class list
@@ -42,9 +42,9 @@ class ModelConfig:
     # videoformer directory, run) -- the model takes its architecture and input convention -- or an image ViT
     # (HF / timm / npz) for ViViT §3.4 initialisation.
     pretrained: str | None = None
-    drop_path_rate: Annotated[float | None, Range(0, 1, hi_open=True)] = None
+    drop_path_rate: Annotated[float | None, Range(0, 1, hi_open=True)] = None  # stochastic depth; None: the model's
     freeze: list[str] = field(default_factory=list)  # glob patterns over parameter names, e.g. "blocks.0.*"
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = False  # recompute activations in the backward pass (less memory, slower)
     overrides: dict[str, Any] = field(default_factory=dict)  # further fields of the family's config dataclass
     # Input convention (Preprocessing fields: mean, std, resize, ...): empty = the weights' own, else the model
     # family's. Keys set here win over the weights'; train writes the resolved convention back here.
@@ -55,12 +55,13 @@ class ModelConfig:
 class DataSource:
     """Where the videos of a run are and how they are read (the first keys of the ``data`` section)."""
 
+    # annotation format; folder: root/<train>/<class>/<video> and root/<val>/<class>/<video>
     format: Literal["kinetics", "ucf101", "hmdb51", "ssv2", "epic", "csv", "folder"] = "folder"
-    root: str = ""
+    root: str = ""  # dataset folder
     train: str = "train"  # an annotation file, a split number (ucf101 / hmdb51), or a folder (folder)
-    val: str = "val"
+    val: str = "val"  # the validation split (as data.train); picks best.pt and is what `videoformer eval` scores
     annotations: str = ""  # split-file folder (ucf101 / hmdb51) or labels.json (ssv2), under root if relative
-    input: Literal["rgb", "compressed"] = "rgb"
+    input: Literal["rgb", "compressed"] = "rgb"  # compressed: MM-ViT on a `videoformer extract` cache
     sampler: Literal["dense", "uniform"] | None = None  # None: the weights' / model family's (model.preprocessing)
     # frames between sampled frames (dense); None: the weights' / model family's
     stride: Annotated[int | None, AT_LEAST_1] = None
@@ -73,42 +74,46 @@ class DataConfig(Augment, DataSource):
     ``color_jitter_prob``, ``randaug_layers``, ``randaug_magnitude``), then the loading keys below."""
 
     audio_weights: str = ""  # VGGish weights for compressed input with audio (default: the data module's fallback)
-    num_workers: Annotated[int, AT_LEAST_0] = 0
+    num_workers: Annotated[int, AT_LEAST_0] = 0  # DataLoader processes decoding videos (0: in the main process)
     max_fail_fraction: Annotated[float, FRACTION] = 0.1  # share of unreadable training samples (over all workers)
 
 
 @dataclass
 class TrainConfig:
-    epochs: Annotated[int, AT_LEAST_1] = 30
+    epochs: Annotated[int, AT_LEAST_1] = 30  # raise it and re-run to train a finished run longer
     batch_size: Annotated[int, AT_LEAST_1] = 8  # global batch per optimiser step is batch_size * accum_steps
-    accum_steps: Annotated[int, AT_LEAST_1] = 1
+    accum_steps: Annotated[int, AT_LEAST_1] = 1  # micro-batches whose gradients are summed per optimiser step
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: Annotated[float, POSITIVE] = 0.1
-    momentum: Annotated[float, FRACTION] = 0.9
-    nesterov: bool = False
-    weight_decay: Annotated[float, AT_LEAST_0] = 0.0
+    lr: Annotated[float, POSITIVE] = 0.1  # peak learning rate (after warm-up)
+    momentum: Annotated[float, FRACTION] = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    weight_decay: Annotated[float, AT_LEAST_0] = 0.0  # not applied to biases, norms, positional embeddings, CLS
+    # adamw (beta1, beta2)
     betas: Annotated[list[Annotated[float, Range(0, 1, hi_open=True)]], Length(2)] = field(
         default_factory=lambda: [0.9, 0.999])
-    schedule: Literal["cosine", "step", "plateau", "constant"] = "cosine"
-    warmup_epochs: Annotated[float, AT_LEAST_0] = 0.0
+    schedule: Literal["cosine", "step", "plateau", "constant"] = "cosine"  # learning-rate schedule after warm-up
+    warmup_epochs: Annotated[float, AT_LEAST_0] = 0.0  # linear warm-up from 0 (fractions of an epoch allowed)
     min_lr: Annotated[float, AT_LEAST_0] = 0.0  # <= lr
     milestones: list[Annotated[int, AT_LEAST_1]] = field(default_factory=list)  # step decay: epochs where lr *= gamma
-    gamma: Annotated[float, Range(0, 1, lo_open=True)] = 0.1
+    gamma: Annotated[float, Range(0, 1, lo_open=True)] = 0.1  # step / plateau decay factor
     plateau_patience: Annotated[int, AT_LEAST_0] = 2  # plateau decay: epochs without val gain before lr *= gamma
     label_smoothing: Annotated[float, Range(0, 1, hi_open=True)] = 0.0
-    mixup_alpha: Annotated[float, AT_LEAST_0] = 0.0
-    cutmix_alpha: Annotated[float, AT_LEAST_0] = 0.0
-    mixup_prob: Annotated[float, FRACTION] = 1.0
-    mixup_switch_prob: Annotated[float, FRACTION] = 0.5
+    mixup_alpha: Annotated[float, AT_LEAST_0] = 0.0  # Beta(alpha, alpha) mixup of clips (0: off; RGB input only)
+    cutmix_alpha: Annotated[float, AT_LEAST_0] = 0.0  # CutMix (0: off)
+    mixup_prob: Annotated[float, FRACTION] = 1.0  # share of batches mixed
+    mixup_switch_prob: Annotated[float, FRACTION] = 0.5  # share of mixed batches using CutMix when both are on
     # max gradient norm; null or 0: no clipping (a negative value is an error, never "off")
     clip_grad: Annotated[float | None, Range(0, hint="use train.clip_grad=null (or 0) to turn clipping off")] = None
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 needs a GPU
     device: Annotated[str, Device()] = "auto"  # auto: cuda when available
-    seed: Annotated[int, AT_LEAST_0] = 0
-    deterministic: bool = False
+    # CPU threads of the main process; null: one per physical core this process may use, less one per
+    # DataLoader worker (and shared by the processes of a CPU DDP run)
+    threads: Annotated[int | None, AT_LEAST_1] = None
+    seed: Annotated[int, AT_LEAST_0] = 0  # data order, augmentation, initialisation
+    deterministic: bool = False  # deterministic kernels: a resumed run is bit-identical to an uninterrupted one
     checkpoint_every: Annotated[int, AT_LEAST_0] = 0  # steps between mid-epoch `last` checkpoints (0: epoch ends only)
     eval_every: Annotated[int, AT_LEAST_1] = 1  # epochs
-    progress: bool = True
+    progress: bool = True  # progress bars
     reports: bool = True  # TensorBoard scalars and PNG plots, when tensorboard / matplotlib import
 
 
@@ -116,9 +121,8 @@ class TrainConfig:
 class EvalConfig:
     num_clips: Annotated[int, AT_LEAST_1] = 1  # K temporal clips
     num_crops: Literal[1, 3] = 1  # S spatial crops
-    batch_size: Annotated[int, AT_LEAST_1] = 8
-    # autocast of evaluation, predict and the validation pass of training; null: as train.precision
-    precision: Literal["fp32", "bf16", "fp16"] | None = None
+    batch_size: Annotated[int, AT_LEAST_1] = 8  # videos per forward pass (each brings its K x S views)
+    precision: Literal["fp32", "bf16", "fp16"] | None = None  # eval / predict / validation autocast; null: train.precision
 
 
 @dataclass
@@ -127,7 +131,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    output_dir: str = "runs/default"
+    output_dir: str = "runs/default"  # the run directory: config.yaml, metrics.jsonl, checkpoints/{last,best}.pt
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,9 +144,40 @@ class Config:
         atomic_write(Path(path), lambda f: f.write(text))
 
 
-def _hint(name: str, valid: Sequence[str]) -> str:
+# Names other libraries use for our keys (difflib cannot see that ``learning_rate`` is ``lr``).
+SYNONYMS = {"learning_rate": "lr", "base_lr": "lr", "wd": "weight_decay", "epoch": "epochs", "num_epochs": "epochs",
+            "max_epochs": "epochs", "bs": "batch_size", "batchsize": "batch_size", "warmup": "warmup_epochs",
+            "lr_schedule": "schedule", "scheduler": "schedule", "optim": "optimizer", "workers": "num_workers",
+            "output": "output_dir", "out_dir": "output_dir", "model_name": "name", "arch": "name",
+            "frames": "num_frames", "image_size": "img_size", "classes": "num_classes", "amp": "precision",
+            "dataset": "format", "seed_value": "seed", "grad_clip": "clip_grad", "clip_grad_norm": "clip_grad"}
+
+
+def _hint(name: str, valid: Sequence[str], where: str = "") -> str:
+    """``did you mean ...?`` for an unknown key: close spellings and synonyms in its own section, the same
+    key in another section (a top-level ``lr`` is ``train.lr``), or a model-family field, which goes under
+    ``model.overrides``."""
     close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
+    if SYNONYMS.get(name) in valid:
+        close = [SYNONYMS[name], *(c for c in close if c != SYNONYMS[name])]
+    if not close:
+        sections = {f.name: f.default_factory() for f in dataclasses.fields(Config) if f.default_factory is not
+                    dataclasses.MISSING}
+        for section, obj in sections.items():
+            names = [f.name for f in dataclasses.fields(obj)]
+            key = name if name in names else SYNONYMS.get(name)
+            if key in names and section != where:
+                close.append(f"{section}.{key}")
+    if not close and where == "model" and name in _family_fields():
+        close = [f"model.overrides.{name} (a field of the model family's config)"]
     return (f"did you mean {', '.join(close)}? " if close else "") + f"valid keys: {', '.join(valid)}"
+
+
+def _family_fields() -> set[str]:
+    """Fields of every registered model family's config dataclass (the keys ``model.overrides`` takes)."""
+    from ..models.registry import _REGISTRY
+
+    return {f.name for spec in _REGISTRY.values() for f in dataclasses.fields(spec.config_cls)}
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -206,7 +241,7 @@ def _merge(obj: Any, values: Mapping[str, Any], where: str) -> None:
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in values.items():
         if key not in names:
-            raise ConfigError(f"{where}: unknown key {key!r}; {_hint(str(key), names)}")
+            raise ConfigError(f"{where + ': ' if where else ''}unknown key {key!r}; {_hint(str(key), names, where)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, Mapping):

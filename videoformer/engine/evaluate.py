@@ -18,6 +18,7 @@ from ..data import VideoDataset
 from ..data.batch import Batch
 from .config import Config, ConfigError
 from .data import EvalItems
+from .interrupt import ignore_interrupts
 
 
 class EvaluationError(ValueError):
@@ -134,7 +135,7 @@ def evaluate(model: nn.Module, dataset: VideoDataset, heads: Sequence[int], num_
     model.eval()
     items = EvalItems(dataset, num_clips * num_crops)
     loader = DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=items.collate)
+                        collate_fn=items.collate, worker_init_fn=ignore_interrupts)
     gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
     scores: list[list[torch.Tensor]] = [[] for _ in heads]
     labels: list[torch.Tensor] = []

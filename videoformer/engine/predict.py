@@ -23,6 +23,7 @@ from .data import EvalItems, check_labels, read_split, video_dataset
 from .distributed import pick_device
 from .evaluate import EvalResult, EvaluationError, check_scores, eval_precision, evaluate, predict_scores
 from .model import LEGACY_PREPROCESSING, build_model, record_model, resolve_preprocessing
+from .threads import set_threads
 
 
 @dataclass
@@ -33,6 +34,7 @@ class LoadedRun:
     heads: list[int]
     source: str
     device: torch.device
+    note: str = ""  # which checkpoint this is and how it was chosen (printed by `eval`)
 
     def __post_init__(self) -> None:
         eval_precision(self.cfg, self.device)  # fp16 without a GPU fails on loading, before any video is read
@@ -62,15 +64,20 @@ def parse_views(text: str) -> tuple[int, int]:
     return k, s
 
 
-def load_run(path: str | os.PathLike, overrides: Sequence[str] = ()) -> LoadedRun:
-    """The model of a run directory (its ``best`` checkpoint, else ``last``) or of a checkpoint file, in eval
-    mode on the configured device, with the run's config plus ``key=value`` overrides (e.g. ``data.val=...``).
-    Any other source ``load_pretrained`` reads runs with a default config (its data section from the
-    overrides), the weights' preprocessing and class names (``0``, ``1``, ... when the file has none)."""
+def load_run(path: str | os.PathLike, overrides: Sequence[str] = (), checkpoint: str = "best") -> LoadedRun:
+    """The model of a run directory (its ``checkpoint``: ``best``, else ``last``; or ``last``) or of a
+    checkpoint file, in eval mode on the configured device, with the run's config plus ``key=value`` overrides
+    (e.g. ``data.val=...``). Any other source ``load_pretrained`` reads runs with a default config (its data
+    section from the overrides), the weights' preprocessing and class names (``0``, ``1``, ... when the file
+    has none)."""
+    if checkpoint not in ("best", "last"):
+        raise ConfigError(f"--checkpoint: expected best or last, got {checkpoint!r}")
     p = Path(path)
     if p.is_dir() and (p / "checkpoints").is_dir():
         best = checkpoint_path(p, "best")
-        p = best if best.is_file() else checkpoint_path(p, "last")
+        p = best if checkpoint == "best" and best.is_file() else checkpoint_path(p, "last")
+        if not p.is_file():
+            raise ConfigError(f"{path}: no checkpoint yet ({p} does not exist); train the run first")
     state, source = read_source(p)
     if not (isinstance(state, dict) and "model" in state and "config" in state):
         return _load_pretrained_run(p, overrides)
@@ -84,7 +91,25 @@ def load_run(path: str | os.PathLike, overrides: Sequence[str] = ()) -> LoadedRu
     load_checked(model, state["model"], source)
     model.preprocessing = resolve_preprocessing(model, cfg)
     device = pick_device(cfg.train.device)
-    return LoadedRun(cfg, model.to(device).eval(), state["classes"], list(state["heads"]), source, device)
+    set_threads(cfg.train.threads, cfg.data.num_workers)
+    return LoadedRun(cfg, model.to(device).eval(), state["classes"], list(state["heads"]), source, device,
+                     checkpoint_note(p, state))
+
+
+def checkpoint_note(path: Path, state: dict[str, Any]) -> str:
+    """Which training checkpoint ``path`` is: ``best.pt`` was chosen by validation top-1 on ``data.val``, so
+    its score on that split is optimistic; ``last.pt`` holds the latest epoch."""
+    progress, history = state.get("progress", {}), state.get("history", [])
+    epochs = dict(state.get("config", {}).get("train", {})).get("epochs")
+    done = f"epoch {progress.get('epoch', '?')} of {epochs}" if epochs else f"epoch {progress.get('epoch', '?')}"
+    if path.name == "best.pt":
+        top1 = progress.get("best_top1")
+        return (f"best.pt ({done}, validation top-1 {top1:.4f}): the epoch with the best top-1 on the validation "
+                "split (data.val), so a score on that split is optimistic; --checkpoint last scores the final "
+                "weights" if isinstance(top1, float) else f"best.pt ({done})")
+    if path.name == "last.pt":
+        return f"last.pt ({done}{', mid-epoch' if progress.get('step') else ''}): the latest weights"
+    return done
 
 
 def _load_pretrained_run(path: Path, overrides: Sequence[str]) -> LoadedRun:
@@ -104,6 +129,7 @@ def _load_pretrained_run(path: Path, overrides: Sequence[str]) -> LoadedRun:
     classes = model.classes or [str(i) for i in range(model.cfg.num_classes)]
     heads = [len(v) for v in classes.values()] if isinstance(classes, dict) else [len(classes)]
     device = pick_device(cfg.train.device)
+    set_threads(cfg.train.threads, cfg.data.num_workers)
     return LoadedRun(cfg, model.to(device).eval(), classes, heads, str(path), device)
 
 
@@ -152,3 +178,22 @@ def predict_files(run: LoadedRun, paths: Sequence[str], num_clips: int | None = 
             preds[name] = [{"class": names[j], "score": float(v)} for v, j in zip(top.values, top.indices.tolist())]
         out.append({"path": str(path), "predictions": preds})
     return out
+
+
+def rollout_run(run: LoadedRun, video: str, out_dir: str, head_fusion: str = "mean") -> list[str]:
+    """``videoformer rollout RUN VIDEO``: attention-rollout overlays of ``run`` 's model on one test view of
+    ``video`` (the run's own sampling, preprocessing and centre crop); returns the PNG paths."""
+    from ..analysis.rollout import attention_rollout, save_overlays
+
+    records = [VideoRecord(os.fspath(video), tuple(-1 for _ in run.heads) if len(run.heads) > 1 else -1)]
+    views, _, _, error = EvalItems(video_dataset(run.cfg, records, run.model, train=False, num_clips=1,
+                                                 num_crops=1), 1)[0]
+    if error:
+        raise ConfigError(f"{video}: {error}")
+    spec = run.model.input_spec
+    inputs = spec.select({m: v.to(run.device) for m, v in views.items()})
+    # compressed domain: {modality: (1, T, ...)}, drawn as they are; RGB: the (1, C, T, H, W) clip as frames
+    frames = inputs if spec.compressed else {"video": inputs.transpose(1, 2)}
+    maps = attention_rollout(run.model, inputs, head_fusion)
+    name = run.cfg.model.name
+    return save_overlays(maps, {k: v.cpu() for k, v in frames.items()}, out_dir, f"{name}_{Path(video).stem}")

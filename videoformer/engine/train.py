@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import sys
 from dataclasses import dataclass, field, replace
@@ -42,9 +43,11 @@ from .config import Config, ConfigError
 from .data import CountingDataset, check_labels, collate_counted, head_sizes, read_split, video_dataset
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .evaluate import EvaluationError, autocast, eval_precision, evaluate, split_heads
+from .interrupt import StopRequest, TrainingStopped, ignore_interrupts
 from .model import freeze, pretrained_model
 from .report import TensorBoard, plot_confusion, plot_curves
 from .schedules import LRSchedule
+from .threads import set_threads
 
 
 class TrainingDiverged(RuntimeError):
@@ -185,6 +188,7 @@ class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg, t = cfg, cfg.train
         self.dist: DistInfo = init_distributed(t.device)
+        set_threads(t.threads, cfg.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         if t.batch_size % self.dist.world_size:
             raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by {self.dist.world_size} processes")
         if t.precision == "fp16" and self.dist.device.type != "cuda":
@@ -210,6 +214,7 @@ class Trainer:
             self.mixup = [Mixup(n, t.mixup_alpha, t.cutmix_alpha, t.mixup_prob, t.mixup_switch_prob, t.label_smoothing)
                           for n in self.setup.heads]
         self.state = State()
+        self.stop = StopRequest()
         self.resumed_from: Path | None = None
         self.steps_taken = 0  # optimiser steps taken by this process (since start or resume)
         self.unreadable_examples: list[str] = []
@@ -274,9 +279,31 @@ class Trainer:
         self.state = State(p["epoch"], p["step"], p["global_step"], p["best_top1"], Sums(**ckpt["sums"]),
                            list(ckpt["history"]), p.get("tried", 0), p.get("unreadable", 0))
         self.resumed_from = path
-        if self.dist.is_main:
-            print(f"resumed from {path}: epoch {p['epoch']}, step {p['step']}", file=sys.stderr)
+        if self.dist.is_main and p["epoch"] < self.cfg.train.epochs:
+            where = f"epoch {p['epoch'] + 1}, step {p['step'] + 1} of {self.steps_per_epoch}" if p["step"] else \
+                f"epoch {p['epoch'] + 1}"
+            print(f"resumed from {path}: {p['epoch']} of {self.cfg.train.epochs} epochs done, continuing at "
+                  f"{where}", file=sys.stderr)
         return True
+
+    def stop_if_requested(self) -> None:
+        """After an optimiser step or an epoch: when Ctrl-C / SIGTERM reached any process, write ``last.pt``
+        (all processes agree on the step) and raise :class:`TrainingStopped`."""
+        flag = torch.tensor([1.0 if self.stop.requested else 0.0], dtype=torch.float64)
+        if not float(all_reduce_sum(flag, self.dist)[0]):
+            return
+        s = self.state
+        if s.step:  # mid-epoch; an epoch's end has already been written by end_epoch
+            self.save()
+        where = f"epoch {s.epoch + 1}, step {s.step} of {self.steps_per_epoch}" if s.step else f"epoch {s.epoch}"
+        raise TrainingStopped(f"stopped after {where}; {checkpoint_path(self.run_dir, 'last')} holds it: the same "
+                              "command resumes the run")
+
+    def complete_message(self) -> str:
+        s, best = self.state, checkpoint_path(self.run_dir, "best")
+        score = f", best validation top-1 {s.best_top1:.4f} ({best})" if s.best_top1 >= 0 and best.is_file() else ""
+        return (f"{self.run_dir} is complete: {s.epoch} of {self.cfg.train.epochs} epochs trained{score}. Nothing to "
+                f"do; raise train.epochs to train longer, or set another output_dir for a new run")
 
     # -- loop ----------------------------------------------------------------------------------------------------
     def _loader(self, epoch: int, start_step: int) -> DataLoader:
@@ -290,7 +317,7 @@ class Trainer:
         self.setup.train_set.set_epoch(epoch)
         return DataLoader(CountingDataset(self.setup.train_set, mine), batch_size=per_rank, shuffle=False,
                           num_workers=self.cfg.data.num_workers, collate_fn=collate_counted,
-                          generator=torch.Generator().manual_seed(t.seed))
+                          generator=torch.Generator().manual_seed(t.seed), worker_init_fn=ignore_interrupts)
 
     def diverged(self, what: str) -> TrainingDiverged:
         """The error that stops a run whose loss, gradients or weights are not finite: names the checkpoint
@@ -387,8 +414,10 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{s.sums.loss / s.sums.samples:.4f}", lr=f"{lr:.3g}",
                             skipped=int(s.sums.skipped))
-            if t.checkpoint_every and s.step % t.checkpoint_every == 0 and s.step < self.steps_per_epoch:
-                self.save()
+            if s.step < self.steps_per_epoch:
+                if t.checkpoint_every and s.step % t.checkpoint_every == 0:
+                    self.save()
+                self.stop_if_requested()
         bar.close()
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
@@ -452,9 +481,15 @@ class Trainer:
         barrier(self.dist)
         self.resume()
         try:
-            for epoch in range(self.state.epoch, self.cfg.train.epochs):
-                self.train_epoch(epoch)
-                self.end_epoch(epoch)
+            if self.state.epoch >= self.cfg.train.epochs:
+                if self.dist.is_main:
+                    print(self.complete_message(), file=sys.stderr)
+                return self.state.history
+            with self.stop:
+                for epoch in range(self.state.epoch, self.cfg.train.epochs):
+                    self.stop_if_requested()  # Ctrl-C during the previous epoch's validation
+                    self.train_epoch(epoch)
+                    self.end_epoch(epoch)
         finally:
             if self.tensorboard is not None:
                 self.tensorboard.close()

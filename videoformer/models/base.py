@@ -1,6 +1,7 @@
 """What every videoformer model shares: the classifier head, the model API, initialisation."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +72,9 @@ class VideoModel(nn.Module):
         return save_pretrained(self, directory)
 
     def init_parameters(self, cfg: "TransformerConfig") -> None:
-        """ViT initialisation of every linear layer and norm, truncated-normal prefix tokens, a fresh head."""
-        init_weights(self)
+        """ViT initialisation of every linear layer (std ``cfg.weight_std``) and norm, truncated-normal prefix
+        tokens, a fresh head."""
+        init_weights(self, cfg.weight_std)
         for name in ("cls_token", "temporal_cls_token"):
             if getattr(self, name, None) is not None:
                 nn.init.trunc_normal_(getattr(self, name), std=0.02)
@@ -149,6 +151,11 @@ BACKBONES: dict[str, dict[str, int]] = {
 }
 
 
+# std of a patch embedding's outputs at initialisation (PyTorch's default conv init on unit-variance pixels: 1/sqrt(3)
+# = 0.58, for any width and patch size), rounded: the default scale of positional and time embeddings
+EMBED_STD = 0.5
+
+
 @dataclass
 class TransformerConfig:
     """Fields every ViT-based video model shares. Clip size: ``num_frames × img_size²``."""
@@ -169,12 +176,31 @@ class TransformerConfig:
     head_drop_rate: float = 0.0
     act: str = "gelu"
     norm_eps: float = 1e-6
-    # Initial std of the learned positional embeddings (ViT: 0.02) and of separable time embeddings (official
-    # TimeSformer: zeros). They matter only without pretrained weights: from scratch, a tiny TimeSformer did not
-    # learn a left-vs-right toy in 800 steps with the defaults, but did in 200 with time_embed_std=0.5 and in
-    # under 100 with both at 0.5 (a zero time embedding gives the model no frame order to start from).
-    pos_embed_std: float = 0.02
-    time_embed_std: float = 0.0
+    # Initialisation from scratch (pretrained and converted weights replace it; image-ViT inflation zeroes the time
+    # embedding itself). Frame order needs a content x position interaction, which a near-linear model with a
+    # faint position signal learns only slowly (README, "Learning frame order from scratch"), hence:
+    # - init_std, the std of linear weights; None: ViT's 0.02 from ViT-B's width (d = 768) up, 0.02 * sqrt(768 /
+    #   dim) below it, so every width starts with ViT-B's pre-activation scale (with 0.02, d = 64 starts near-linear);
+    # - pos_embed_std / time_embed_std, the learned positional and separable time embeddings; None: EMBED_STD, the
+    #   scale of the patch embedding's output, so position is as visible as content. The papers' 0.02 and the
+    #   official TimeSformer's zero time embedding (which leaves divided / factorised attention exactly blind to
+    #   frame order) are pos_embed_std=0.02, time_embed_std=0 (with init_std=0.02: the paper-faithful init).
+    init_std: float | None = None
+    pos_embed_std: float | None = None
+    time_embed_std: float | None = None
+
+    @property
+    def weight_std(self) -> float:
+        """The std of linear weights at initialisation (``init_std`` or its width-scaled default)."""
+        return self.init_std if self.init_std is not None else 0.02 * max(1.0, math.sqrt(768 / self.dim))
+
+    @property
+    def pos_std(self) -> float:
+        return EMBED_STD if self.pos_embed_std is None else self.pos_embed_std
+
+    @property
+    def time_std(self) -> float:
+        return EMBED_STD if self.time_embed_std is None else self.time_embed_std
 
     def __post_init__(self) -> None:
         if self.img_size % self.patch_size:

@@ -104,12 +104,12 @@ class MMViT(VideoModel):
         p, n = cfg.patch_size, cfg.patches
         self.embeds = nn.ModuleDict({m: TubeletEmbed(MODALITIES[m], d, (1, p, p)) for m in visual})  # Eq. 1-3
         self.pos_embeds = nn.ModuleDict({
-            m: SeparablePosEmbed(d, Grid(t=cfg.num_frames, h=n, w=n), cfg.pos_embed_std, time_std=cfg.time_embed_std)
+            m: SeparablePosEmbed(d, Grid(t=cfg.num_frames, h=n, w=n), cfg.pos_std, time_std=cfg.time_std)
             for m in visual})
         if "audio" in cfg.modalities:  # Eq. 4
             self.audio_embed = nn.Linear(cfg.audio_dim, d)
             self.audio_pos = nn.Parameter(torch.zeros(1, cfg.num_frames, d))
-            nn.init.trunc_normal_(self.audio_pos, std=cfg.pos_embed_std)
+            nn.init.trunc_normal_(self.audio_pos, std=cfg.pos_std)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.blocks = make_blocks(cfg, self.sublayer_plan(cfg))
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)

@@ -44,6 +44,10 @@ class MViTConfig(TransformerConfig):
     patch_size: int = 4
     dim: int = 96
     depth: int = 0
+    # the channels grow to 768: ViT's 0.02 throughout, the positional embeddings as ViT-B (time: zeros)
+    init_std: float | None = 0.02
+    pos_embed_std: float | None = 0.02
+    time_embed_std: float | None = 0.0
     num_heads: int = 1
     stage_depths: tuple[int, ...] = (1, 2, 11, 2)
     cube_kernel: Triple = (3, 7, 7)
@@ -167,9 +171,9 @@ class MViT(VideoModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed: nn.Module | None = {
             "none": lambda: None,
-            "space": lambda: SeparablePosEmbed(d, cfg.grid, cfg.pos_embed_std, time=False),
-            "joint": lambda: JointPosEmbed(d, cfg.grid, cfg.pos_embed_std),
-            "separable": lambda: SeparablePosEmbed(d, cfg.grid, cfg.pos_embed_std, time_std=cfg.time_embed_std),
+            "space": lambda: SeparablePosEmbed(d, cfg.grid, cfg.pos_std, time=False),
+            "joint": lambda: JointPosEmbed(d, cfg.grid, cfg.pos_std),
+            "separable": lambda: SeparablePosEmbed(d, cfg.grid, cfg.pos_std, time_std=cfg.time_std),
         }[cfg.pos_embed]()
         rates, blocks = iter(drop_path_rates(cfg.drop_path_rate, cfg.depth)), []
         n_stages, no_stride = len(cfg.stage_depths), (1, 1, 1)

@@ -78,7 +78,7 @@ class TimeSformer(VideoModel):
         self.patch_embed = TubeletEmbed(cfg.in_chans, d, (1, cfg.patch_size, cfg.patch_size))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = SeparablePosEmbed(d, Grid(t=cfg.num_frames, h=cfg.patches, w=cfg.patches, prefix=1),
-                                           cfg.pos_embed_std, time_std=cfg.time_embed_std, mode=cfg.pos_resize)
+                                           cfg.pos_std, time_std=cfg.time_std, mode=cfg.pos_resize)
         self.blocks = make_blocks(cfg, self.sublayer_plan(cfg))
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.init_parameters(cfg)

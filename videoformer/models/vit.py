@@ -61,7 +61,7 @@ class FramewiseViT(VideoModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.class_token else None
         self.num_prefix = int(cfg.class_token)
         self.pos_embed = JointPosEmbed(d, Grid(t=1, h=cfg.patches, w=cfg.patches, prefix=self.num_prefix),
-                                       cfg.pos_embed_std, cfg.pos_resize)
+                                       cfg.pos_std, cfg.pos_resize)
         self.blocks = make_blocks(cfg, self.sublayer_plan(cfg), pre=self.block_hook(cfg))
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.init_parameters(cfg)

@@ -74,7 +74,7 @@ class ViViT(VideoModel):
         nt, n = cfg.num_frames // cfg.tubelet_t, cfg.patches
         token = cfg.classifier == "token"
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if token else None
-        self.pos_embed = JointPosEmbed(d, Grid(t=nt, h=n, w=n, prefix=int(token)), cfg.pos_embed_std)
+        self.pos_embed = JointPosEmbed(d, Grid(t=nt, h=n, w=n, prefix=int(token)), cfg.pos_std)
         self.blocks = make_blocks(cfg, self.sublayer_plan(cfg))
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.init_parameters(cfg)
@@ -115,14 +115,14 @@ class ViViTFactorisedEncoder(VideoModel):
         rates = drop_path_rates(cfg.drop_path_rate, cfg.depth + cfg.temporal_depth)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.spatial_pool == "token" else None
         self.pos_embed = JointPosEmbed(d, Grid(t=1, h=n, w=n, prefix=int(self.cls_token is not None)),
-                                       cfg.pos_embed_std)
+                                       cfg.pos_std)
         self.blocks = make_blocks(cfg, [(Sublayer((ALL,)),)] * cfg.depth, rates[: cfg.depth])
         self.norm_spatial = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.temporal_cls_token = None
         if cfg.temporal_depth:
             token = cfg.classifier == "token"
             self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, d)) if token else None
-            self.temporal_pos_embed = JointPosEmbed(d, Grid(t=nt, h=1, w=1, prefix=int(token)), cfg.pos_embed_std)
+            self.temporal_pos_embed = JointPosEmbed(d, Grid(t=nt, h=1, w=1, prefix=int(token)), cfg.pos_std)
             self.temporal_blocks = make_blocks(cfg, [(Sublayer((TIME,)),)] * cfg.temporal_depth,
                                                rates[cfg.depth:])
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.temporal_depth else nn.Identity()
