@@ -99,7 +99,7 @@ def load_run(path: str | os.PathLike, overrides: Sequence[str] = (), checkpoint:
 def checkpoint_note(path: Path, state: dict[str, Any]) -> str:
     """Which training checkpoint ``path`` is: ``best.pt`` was chosen by validation top-1 on ``data.val``, so
     its score on that split is optimistic; ``last.pt`` holds the latest epoch."""
-    progress, history = state.get("progress", {}), state.get("history", [])
+    progress = state.get("progress", {})
     epochs = dict(state.get("config", {}).get("train", {})).get("epochs")
     done = f"epoch {progress.get('epoch', '?')} of {epochs}" if epochs else f"epoch {progress.get('epoch', '?')}"
     if path.name == "best.pt":
