@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     trees = [c.resolve() for c in args.checkouts]
     with tempfile.TemporaryDirectory() as d:
         subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from engine_util import "
-                        f"make_folder_dataset; make_folder_dataset(Path(sys.argv[1]), per_class=(16, 2))", d],
+                        "make_folder_dataset; make_folder_dataset(Path(sys.argv[1]), per_class=(16, 2))", d],
                        check=True, env={**os.environ, "PYTHONPATH": f"{trees[0]}:{trees[0] / 'tests'}"})
         runs: dict[Path, list[float]] = {t: [] for t in trees}
         for _ in range(args.rounds):
