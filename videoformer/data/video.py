@@ -34,7 +34,6 @@ import gc
 import hashlib
 import json
 import logging
-import mmap
 import os
 import threading
 import zipfile
@@ -47,6 +46,7 @@ from typing import Iterator, Sequence
 import av
 import numpy as np
 
+from videoformer.data.buffers import empty_array
 from videoformer.data.clock import frame_rate, seconds
 from videoformer.data.errors import VideoReadError
 
@@ -100,20 +100,6 @@ def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndar
     shrink = size[0] < frame.width
     return frame.to_ndarray(format="rgb24", width=size[0], height=size[1], threads=1,
                             interpolation="AREA" if shrink else "BILINEAR")
-
-
-def empty_array(shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
-    """``np.empty`` for the large arrays a sample returns, backed by an anonymous mapping of its own.
-
-    numpy asks the kernel for transparent huge pages on every array of 4 MB or more (``MADV_HUGEPAGE``);
-    where the kernel then compacts memory synchronously to find them (``defrag=madvise``, the default), the
-    first write of a fresh 88 MB HD clip cost 230-300 ms of system time under memory pressure, against 90 ms
-    with ordinary pages. Small arrays come from ``np.empty``."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if nbytes < 1 << 22:
-        return np.empty(shape, dtype)
-    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).reshape(shape)
 
 
 def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
