@@ -23,6 +23,7 @@ Timing: runs of ours and HF alternate (order flipped every iteration), with one 
 so load from other processes hits all alike; the best (minimum) of ``--iters`` times after ``--warmup``
 counts -- interference only ever adds time -- and the ratio of the medians is printed too. ``--clock cpu``
 uses this process's CPU time (CPU only; with ``--threads 1`` time the core spent elsewhere is not counted).
+``--malloc tuned`` (default) sets glibc's thresholds as the ``videoformer`` command does, for both models alike.
 On CUDA, times come from CUDA events. The load average is printed before and after.
 
     python benchmarks/throughput.py --threads 2                     # all models, fp32 and bf16, inference
@@ -46,6 +47,7 @@ import torch.nn.functional as F
 import transformers
 from torch import nn
 
+from videoformer.allocator import tune_malloc
 from videoformer.analysis import count_macs
 from videoformer.layers.linear import onednn_available
 from videoformer.models import create_model
@@ -228,7 +230,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this process's CPU time (CPU devices only; use with --threads 1)")
+    parser.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
+                        help="tuned: glibc thresholds as the videoformer command sets them (videoformer/allocator.py), "
+                             "for both implementations; default: glibc's own")
     args = parser.parse_args()
+    malloc = "tuned" if args.malloc == "tuned" and tune_malloc() else "glibc default"
+
     if args.clock == "cpu" and args.device != "cpu":
         parser.error("--clock cpu measures CPU work; use it with --device cpu")
     torch.set_num_threads(args.threads)
@@ -237,7 +244,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"# torch {torch.__version__}, transformers {transformers.__version__}, {device.type} ({name}), "
           f"{args.threads} threads, batch {args.batch}, best of {args.iters} after {args.warmup} warm-up, "
-          f"{args.clock} clock; load average {load()}")
+          f"{args.clock} clock, malloc {malloc}; load average {load()}")
     peaks = {p: GemmPeak(p, device, timer, args.gemm_span) for p in args.precision}
     results = []  # (bench, frames, precision, mode, MACs, times of ours [, times of HF], logit diff)
     for key in args.models:

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .allocator import tune_malloc
+
 # Only the standard library at import time: `videoformer --help` must not import torch. Each handler imports
 # what it needs.
 
@@ -449,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
+    tune_malloc()  # before the first tensor: activations reuse heap memory (videoformer/allocator.py)
     try:
         return args.handler(args)
     except KeyboardInterrupt:  # Ctrl-C outside a training loop (which stops at a step boundary on its own)
