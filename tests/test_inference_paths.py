@@ -4,6 +4,7 @@ sees them."""
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -116,6 +117,19 @@ def test_traced_model_is_the_model_as_defined() -> None:
         graph = str(traced.inlined_graph)
         torch.testing.assert_close(traced(x), eager, atol=1e-5, rtol=1e-5)
     assert "mkldnn" not in graph and graph.count("aten::linear") >= 2 * len(extra_projections(model))
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="Inductor needs a C++ compiler")
+def test_compiled_model_is_the_model_as_defined() -> None:
+    """``torch.compile`` (Inductor) at inference traces the model as defined: the oneDNN op and the fold stand
+    aside, as for the other tracers (Inductor failed on the oneDNN op before)."""
+    model = create_model(NAME).eval()
+    randomize(model, 0)
+    x = clip(1)
+    with torch.no_grad():
+        eager = model(x)
+        torch.testing.assert_close(torch.compile(model)(x), eager,
+                                   atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -28,9 +28,9 @@ _PLAIN_ACTS: dict[str | None, Callable[[torch.Tensor], torch.Tensor]] = {
 
 def watched() -> bool:
     """Whether something records the ops (a dispatch mode: the MAC counter, ``FlopCounterMode``,
-    ``torch.export``; the TorchScript tracer of the ONNX exporter): inference-only paths then run the model
-    as defined."""
-    return bool(torch._C._len_torch_dispatch_stack()) or torch.jit.is_tracing()
+    ``torch.export``; the TorchScript tracer of the ONNX exporter; ``torch.compile``): inference-only paths then
+    run the model as defined."""
+    return bool(torch._C._len_torch_dispatch_stack()) or torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 @functools.cache
