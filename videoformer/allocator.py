@@ -3,8 +3,9 @@
 PyTorch's CPU tensors come from ``malloc``. glibc serves every block above its mmap threshold (128 KB at start,
 raised as mapped blocks are freed, never above 32 MB) with a fresh mapping and returns heap memory to the kernel
 once more than the trim threshold is free at its top, so the activations of a forward pass (the same 1-10 MB
-sizes, allocated and freed in every layer) are page-faulted again and again: ~44,500 minor faults and 60-130 ms
-of system time per TimeSformer-B bf16 forward on a 2-core EPYC VM, 5-8 % of its time (``benchmarks/README.md``).
+sizes, allocated and freed in every layer) are page-faulted again and again: ~44,500 minor faults and 50-130 ms
+of system time per TimeSformer-B bf16 forward on a 2-core EPYC VM; tuned, 1-2 ms and a 4-5 % faster forward
+(``benchmarks/README.md``).
 :func:`tune_malloc` keeps blocks below 64 MB on the heap and lets up to 128 MB stay free at its top; the peak
 resident memory of that forward did not change. The ``videoformer`` command applies it at start (DataLoader
 workers forked from it inherit it); library users may call it themselves.
