@@ -120,6 +120,7 @@ def test_traced_model_is_the_model_as_defined() -> None:
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="Inductor needs a C++ compiler")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # Inductor's imports
 def test_compiled_model_is_the_model_as_defined() -> None:
     """``torch.compile`` (Inductor) at inference traces the model as defined: the oneDNN op and the fold stand
     aside, as for the other tracers (Inductor failed on the oneDNN op before)."""
