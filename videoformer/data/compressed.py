@@ -26,9 +26,10 @@ import numba
 import numpy as np
 
 from videoformer.data.clock import frame_rate
+from videoformer.data.buffers import empty_array
 from videoformer.data.errors import VideoReadError, warn_once
 from videoformer.data.sampling import uniform_indices
-from videoformer.data.video import (FrameReader, _plan, _with_index_retry, empty_array, frame_index, open_video,
+from videoformer.data.video import (FrameReader, _plan, _with_index_retry, frame_index, open_video,
                                     select_video_stream, to_rgb, upright)
 
 log = logging.getLogger(__name__)
