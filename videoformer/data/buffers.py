@@ -58,33 +58,35 @@ class BufferPool:
     def mapped_bytes(self) -> int:
         return sum(len(b) for b in self._bufs)
 
+    def _take(self, nbytes: int) -> mmap.mmap | None:
+        """A free buffer of ``nbytes`` to ``2 * nbytes`` (the smallest), else a new one kept in the pool after
+        unmapping free ones least recently used first to stay under the cap; None when buffers in use fill it."""
+        fits = [i for i in self._free() if nbytes <= len(self._bufs[i]) <= 2 * nbytes]
+        if fits:
+            self._bufs.append(self._bufs.pop(min(fits, key=lambda j: len(self._bufs[j]))))
+            return self._bufs[-1]
+        room, free = self.limit - nbytes, self._free()
+        while free and self.mapped_bytes > room:
+            del self._bufs[free.pop(0)]
+            free = self._free()
+        if self.mapped_bytes > room:
+            return None
+        self._bufs.append(_mapping(nbytes))
+        if self._free_refs is None:  # calibrated while only the pool holds it
+            self._free_refs = self._refs(len(self._bufs) - 1)
+        return self._bufs[-1]
+
     def empty(self, shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
-        """An uninitialised C-contiguous array (like ``np.empty``) on a free buffer of at least its size and
-        at most twice it, or on a new mapping kept for later when the cap allows."""
+        """An uninitialised C-contiguous array (like ``np.empty``) on a pooled buffer (:meth:`_take`), or on a
+        one-off mapping when reuse is off or the cap is taken."""
         dtype = np.dtype(dtype)
         count = int(np.prod(shape, dtype=np.int64))
         nbytes = count * dtype.itemsize
         if nbytes < _MIN_BYTES:
             return np.empty(shape, dtype)
-        if self.limit <= 0:
-            return np.frombuffer(_mapping(nbytes), dtype, count).reshape(shape)
-        with self._lock:
-            fits = [i for i in self._free() if nbytes <= len(self._bufs[i]) <= 2 * nbytes]
-            if fits:
-                i = min(fits, key=lambda j: len(self._bufs[j]))
-                self._bufs.append(self._bufs.pop(i))
-            else:
-                room = self.limit - nbytes
-                free = self._free()
-                while free and self.mapped_bytes > room:  # unmap free buffers, least recently used first
-                    del self._bufs[free.pop(0)]
-                    free = self._free()
-                if self.mapped_bytes > room:  # the cap is taken by buffers in use: do not keep this one
-                    return np.frombuffer(_mapping(nbytes), dtype, count).reshape(shape)
-                self._bufs.append(_mapping(nbytes))
-                if self._free_refs is None:
-                    self._free_refs = self._refs(len(self._bufs) - 1)
-            return np.frombuffer(self._bufs[-1], dtype, count).reshape(shape)
+        with self._lock:  # the array is made before another thread can see the buffer as free
+            buf = self._take(nbytes) if self.limit > 0 else None
+            return np.frombuffer(_mapping(nbytes) if buf is None else buf, dtype, count).reshape(shape)
 
 
 def _limit_from_env() -> int:
